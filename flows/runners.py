@@ -1,0 +1,60 @@
+"""Task runners for fan-out stages: threads for one worker, processes for several on one machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from prefect.client.orchestration import get_client
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+
+def make_task_runner(n_workers: int) -> TaskRunner:
+    # The stages are CPU-bound numpy/sklearn code holding the GIL between small ops: threads do not scale.
+    if n_workers <= 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    return ProcessPoolTaskRunner(max_workers=n_workers)
+
+
+@contextlib.contextmanager
+def api_shared_with_subprocesses() -> Iterator[None]:
+    """Point process-pool workers at this flow's Prefect API.
+
+    Without a configured PREFECT_API_URL every worker process would start its own temporary server
+    (seconds each, and task runs split over several databases). Call inside a running flow, around the
+    submissions; the variable is restored afterwards.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def gather(futures: list, desc: str, unit: str = "shard") -> list:
+    """Results of ``futures`` as they complete, with a progress bar.
+
+    On the first failure the not-yet-started futures are cancelled and the running ones awaited before
+    the error propagates, so no worker writes into an output directory that is being discarded.
+    """
+    from prefect.futures import as_completed, wait
+    from tqdm import tqdm
+
+    results = []
+    try:
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit=unit, disable=None):
+            results.append(fut.result())
+    except BaseException:
+        for fut in futures:
+            wrapped = getattr(fut, "wrapped_future", None)
+            if wrapped is not None:
+                wrapped.cancel()
+        wait([f for f in futures if not getattr(getattr(f, "wrapped_future", None), "cancelled", lambda: False)()])
+        raise
+    return results

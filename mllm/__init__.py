@@ -1,0 +1,1 @@
+"""mllm: teach language models to do machine learning in context."""

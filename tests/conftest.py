@@ -1,0 +1,47 @@
+"""Test isolation: nothing global is started or written; Prefect and MLflow live in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+# Before any prefect import: a private PREFECT_HOME, no analytics, no API configured from the user's profile.
+_PREFECT_HOME = Path(os.environ.setdefault("MLLM_TEST_TMP", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"mllm-tests-{os.getpid()}")))
+(_PREFECT_HOME / "prefect").mkdir(parents=True, exist_ok=True)
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME / "prefect")
+os.environ["PREFECT_PROFILES_PATH"] = str(_PREFECT_HOME / "prefect" / "profiles.toml")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_ENABLE_TELEMETRY"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store(tmp_path, monkeypatch):
+    """Every test gets its own MLflow store, so runs never leak into the repo's mlflow.db."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (Prefect's own test harness)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def venv_env():
+    """Environment for subprocesses: the test interpreter's bin dir first on PATH (for `mllm`, `dvc`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
