@@ -65,6 +65,77 @@ def generate(
     typer.echo(f"generated {manifest['tasks']} tasks in {len(manifest['shards'])} shards -> {out}")
 
 
+@app.command("filter")
+def filter_(
+    params: ParamsOpt = "params.yaml",
+    generated: Annotated[str, typer.Option(help="generate stage output")] = "data/generated",
+    out: Annotated[str, typer.Option(help="output directory")] = "data/filtered",
+    metrics: Annotated[str, typer.Option(help="summary JSON for `dvc metrics`")] = "metrics/filter.json",
+    set_: SetOpt = None,
+) -> None:
+    """Keep the tasks a random-forest teacher can learn; build the warm-up (consensus) corpus."""
+    from mllm.config import ParamsError, load_params
+    from mllm.validation import DataCheckError
+
+    overrides = parse_overrides(set_)
+    try:
+        load_params(params, overrides)
+        from flows.filter import run_filter
+
+        summary = run_filter(params, generated, out, metrics, overrides)
+    except (ParamsError, FileNotFoundError) as err:
+        _fail(str(err), 2)
+    except DataCheckError as err:
+        _fail(str(err), 1)
+    typer.echo(f"kept {summary['kept']} of {summary['tasks']} tasks ({100 * summary['kept_share']:.1f}%); "
+               f"warm-up corpus {summary['warmup_tasks']} tasks -> {out}")
+
+
+@app.command()
+def tokenizer(
+    params: ParamsOpt = "params.yaml",
+    out: Annotated[str, typer.Option(help="output directory")] = "data/tokenizer",
+    set_: SetOpt = None,
+) -> None:
+    """Build the embedded default tokenizer (a Hugging Face tokenizer directory)."""
+    from mllm.atomic import atomic_dir
+    from mllm.config import ParamsError, load_params
+    from mllm.tokenizer import build_tokenizer, save_tokenizer
+
+    try:
+        p = load_params(params, parse_overrides(set_))
+    except ParamsError as err:
+        _fail(str(err), 2)
+    tok = build_tokenizer(p.tokenizer.numbers)
+    with atomic_dir(out) as tmp:
+        save_tokenizer(tok, tmp, p.tokenizer.numbers)
+    typer.echo(f"tokenizer ({p.tokenizer.numbers} numbers, {len(tok)} tokens) -> {out}")
+
+
+@app.command()
+def encode(
+    params: ParamsOpt = "params.yaml",
+    filtered: Annotated[str, typer.Option(help="filter stage output")] = "data/filtered",
+    out: Annotated[str, typer.Option(help="output directory")] = "data/corpus",
+    metrics: Annotated[str, typer.Option(help="summary JSON for `dvc metrics`")] = "metrics/encode.json",
+    set_: SetOpt = None,
+) -> None:
+    """Encode filtered tasks into the chat-format training corpora (full and warm-up)."""
+    from mllm.config import ParamsError, load_params
+
+    overrides = parse_overrides(set_)
+    try:
+        load_params(params, overrides)
+        from flows.encode import run_encode
+
+        summary = run_encode(params, filtered, out, metrics, overrides)
+    except (ParamsError, FileNotFoundError, ValueError) as err:
+        _fail(str(err), 2)
+    full, warm = summary["full"], summary["warmup"]
+    typer.echo(f"corpus: {full['sequences']} full + {warm['sequences']} warm-up sequences, "
+               f"{full['tokens'] + warm['tokens']} tokens -> {out}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

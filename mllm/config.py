@@ -84,9 +84,51 @@ class GenerateParams(_Strict):
         return v
 
 
+class FloatRange(_Strict):
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatRange":
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class FilterParams(_Strict):
+    """Random-forest teacher gates (task level) and consensus (sample level)."""
+
+    n_estimators: int = Field(default=30, ge=1)
+    p_value_max: float = Field(default=0.2, gt=0.0, le=1.0, description="one-sided binomial test vs chance")
+    kappa_min: float = Field(default=0.01, ge=-1.0, le=1.0)
+    balanced_accuracy_margin: float = Field(default=0.03, ge=0.0, le=1.0, description="over 1/K")
+    min_predicted_classes: int = Field(default=2, ge=1)
+    max_dominant_share: float = Field(default=0.95, gt=0.0, le=1.0)
+    kept_share: FloatRange = FloatRange(min=0.05, max=1.0)
+    n_workers: int = Field(default=1, ge=1)
+
+
+class TokenizerParams(_Strict):
+    """The embedded default tokenizer (built by the ``tokenizer`` stage)."""
+
+    numbers: Literal["whole", "digits"] = "whole"  # 0..999 one token each (LLaMA-3) or digit tokens (Qwen2)
+
+
+class EncodeParams(_Strict):
+    """Compact encoding of filtered tasks into chat sequences."""
+
+    tokenizer: str = Field(default="data/tokenizer", description="tokenizer dir, or a locally cached hub id")
+    cutoff_len: int = Field(default=8192, ge=64, description="max tokens per sequence; shots are dropped to fit")
+    min_shots: int = Field(default=8, ge=1, description="a task that cannot keep this many shots is skipped")
+    n_workers: int = Field(default=1, ge=1)
+
+
 class Params(_Strict):
     seed: int = Field(ge=0)
     generate: GenerateParams
+    filter: FilterParams = FilterParams()
+    tokenizer: TokenizerParams = TokenizerParams()
+    encode: EncodeParams = EncodeParams()
 
 
 def _format_errors(err: ValidationError, prefix: str = "") -> str:
@@ -118,9 +160,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         raise ParamsError(f"params file {path} must hold a mapping at top level")
     if overrides:
         raw = deep_merge(raw, overrides)
-    # Sections of later stages are validated by their own stage; keep only what we model here.
+    # Sections this version does not model are left to the stages that do.
     known = {k: raw[k] for k in Params.model_fields if k in raw}
-    missing = [k for k in Params.model_fields if k not in raw]
+    missing = [k for k, f in Params.model_fields.items() if f.is_required() and k not in raw]
     if missing:
         raise ParamsError(f"invalid params:\n  {', '.join(missing)}: missing from {path}")
     return parse_params(known)

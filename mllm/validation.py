@@ -67,24 +67,34 @@ def task_summary(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _suite(p: GenerateParams, name: str) -> gx.ExpectationSuite:
-    suite = gx.ExpectationSuite(name=name)
-    for e in [
-        gxe.ExpectColumnValuesToBeBetween(column="n_nonfinite", min_value=0, max_value=0),
-        gxe.ExpectColumnValuesToBeBetween(column="label_min", min_value=0),
-        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_classes", column_B="label_max"),
-        gxe.ExpectColumnValuesToBeBetween(column="shot_classes", min_value=2),
+def generated_expectations(p: GenerateParams) -> list:
+    """Suite of a generated shard, on its ``task_summary``."""
+    return [
+        *_task_integrity(),
         gxe.ExpectColumnValuesToBeBetween(column="n_features", min_value=p.features.min, max_value=p.features.max),
         gxe.ExpectColumnValuesToBeBetween(column="n_classes", min_value=2, max_value=p.classes.max),
         gxe.ExpectColumnValuesToBeBetween(column="n_shots", min_value=p.shots.min, max_value=p.shots.max),
         gxe.ExpectColumnValuesToBeBetween(column="n_queries", min_value=p.queries, max_value=p.queries),
+    ]
+
+
+def filtered_expectations() -> list:
+    """Suite of a filtered (full or warm-up) shard: sound tasks, none empty."""
+    return [*_task_integrity(), gxe.ExpectColumnValuesToBeBetween(column="n_queries", min_value=1)]
+
+
+def _task_integrity() -> list:
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column="n_nonfinite", min_value=0, max_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="label_min", min_value=0),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_classes", column_B="label_max"),
+        gxe.ExpectColumnValuesToBeBetween(column="shot_classes", min_value=2),
+        gxe.ExpectColumnValuesToBeBetween(column="n_shots", min_value=2),
         gxe.ExpectColumnPairValuesToBeEqual(column_A="label_rows", column_B="declared_rows"),
         gxe.ExpectColumnPairValuesToBeEqual(column_A="feature_rows", column_B="declared_rows"),
         gxe.ExpectColumnPairValuesToBeEqual(column_A="categorical_flags", column_B="n_features"),
         gxe.ExpectColumnValuesToBeUnique(column="task_id"),
-    ]:
-        suite.add_expectation(e)
-    return suite
+    ]
 
 
 def _report(result) -> tuple[int, str]:
@@ -104,26 +114,39 @@ def _report(result) -> tuple[int, str]:
     return len(lines), "\n".join(lines)
 
 
-def check_summary(summary: pd.DataFrame, p: GenerateParams, name: str = "generated_shard") -> CheckResult:
-    """Run the generated-task suite on a summary frame (see ``task_summary``)."""
+def run_suite(frame: pd.DataFrame, expectations: list, name: str) -> CheckResult:
+    """Validate ``frame`` against ``expectations`` in an ephemeral GX context."""
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # one bar per check floods stage logs
     uid = uuid.uuid4().hex[:8]
     batch_def = (
         ctx.data_sources.add_pandas(f"src_{uid}")
-        .add_dataframe_asset(name=f"tasks_{uid}")
+        .add_dataframe_asset(name=f"frame_{uid}")
         .add_batch_definition_whole_dataframe(f"batch_{uid}")
     )
-    suite = ctx.suites.add(_suite(p, f"{name}_{uid}"))
+    suite = gx.ExpectationSuite(name=f"{name}_{uid}")
+    for e in expectations:
+        suite.add_expectation(e)
+    suite = ctx.suites.add(suite)
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(data=batch_def, suite=suite, name=f"vd_{uid}"))
-    result = vd.run(batch_parameters={"dataframe": summary}, result_format="SUMMARY")
+    result = vd.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     failed, text = _report(result)
     return CheckResult(bool(result.success), len(result.results), failed, text)
 
 
-def check_shard(table: pa.Table, p: GenerateParams, name: str) -> CheckResult:
-    """Validate a shard; raise ``DataCheckError`` with GX's report if any expectation fails."""
-    res = check_summary(task_summary(table), p, name)
+def require(frame: pd.DataFrame, expectations: list, name: str) -> CheckResult:
+    """``run_suite``, raising ``DataCheckError`` with GX's report when any expectation fails."""
+    res = run_suite(frame, expectations, name)
     if not res.success:
         raise DataCheckError(f"Great Expectations checks failed for {name}:\n{res.report}")
     return res
+
+
+def check_summary(summary: pd.DataFrame, p: GenerateParams, name: str = "generated_shard") -> CheckResult:
+    """Run the generated-task suite on a summary frame (see ``task_summary``)."""
+    return run_suite(summary, generated_expectations(p), name)
+
+
+def check_shard(table: pa.Table, p: GenerateParams, name: str) -> CheckResult:
+    """Validate a generated shard; raise ``DataCheckError`` with GX's report if any expectation fails."""
+    return require(task_summary(table), generated_expectations(p), name)

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 
+import mlflow
 import pytest
 import yaml
 
@@ -21,37 +22,72 @@ def _copy_project(dst):
             shutil.copy2(src, dst / name)
     (dst / ".dvc").mkdir()
     shutil.copy2(ROOT / ".dvc" / "config", dst / ".dvc" / "config")
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
 
 
-def _run(cmd, cwd, env):
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout + res.stderr
+def _run(cmd, cwd, env, ok=True):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if ok:
+        assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def _tiny(tmp_path, **gen):
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["generate"].update(num_tasks=40, shard_size=16, n_workers=1, shots={"min": 16, "max": 96},
+                              features={"min": 5, "max": 12}, queries=10, **gen)
+    params["filter"].update(n_workers=1)
+    params["encode"].update(n_workers=1, cutoff_len=2048)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
 
 
 @pytest.mark.slow
-def test_dvc_repro_generate_on_tiny_params(tmp_path, venv_env):
+def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
     _copy_project(tmp_path)
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["generate"].update(num_tasks=20, shard_size=8, n_workers=1, shots={"min": 8, "max": 32}, queries=5)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    venv_env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = _tiny(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    venv_env["MLFLOW_TRACKING_URI"] = uri
 
-    _run(["dvc", "repro", "generate"], tmp_path, venv_env)
-    manifest = json.loads((tmp_path / "data/generated/manifest.json").read_text())
-    assert manifest["tasks"] == 20 and len(manifest["shards"]) == 3
+    _run(["dvc", "repro"], tmp_path, venv_env)
+    gen = json.loads((tmp_path / "data/generated/manifest.json").read_text())
+    assert gen["tasks"] == 40 and len(gen["shards"]) == 3
+    filt = json.loads((tmp_path / "metrics/filter.json").read_text())
+    assert filt["tasks"] == 40 and 0 < filt["kept"] <= 40 and sum(filt["rejected_by_rule"].values()) == 40 - filt["kept"]
+    enc = json.loads((tmp_path / "metrics/encode.json").read_text())
+    assert enc["full"]["sequences"] + sum(enc["full"]["skipped"].values()) == filt["kept"]
+    assert enc["full"]["max_tokens"] <= 2048
+    assert (tmp_path / "data/tokenizer/tokenizer.json").is_file()
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    assert lock["stages"]["generate"]["params"]["params.yaml"]["generate"]["num_tasks"] == 20
+    assert set(lock["stages"]) == {"generate", "filter", "tokenizer", "encode"}
+    mlflow.set_tracking_uri(uri)
+    stages = set(mlflow.search_runs(experiment_names=["mllm"])["tags.mllm.stage"])
+    assert stages == {"generate", "filter", "encode"}
+    metrics = _run(["dvc", "metrics", "show", "--json"], tmp_path, venv_env).stdout
+    assert "kept_share" in metrics
 
-    assert "didn't change" in _run(["dvc", "repro", "generate"], tmp_path, venv_env)
+    assert "didn't change" in _run(["dvc", "repro"], tmp_path, venv_env).stdout
     first = (tmp_path / "data/generated/shard-00000.parquet").read_bytes()
 
-    params["generate"]["num_tasks"] = 12
+    params["generate"]["num_tasks"] = 20
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    out = _run(["dvc", "repro", "generate"], tmp_path, venv_env)
+    out = _run(["dvc", "repro", "generate"], tmp_path, venv_env).stdout
     assert "Running stage 'generate'" in out
-    manifest = json.loads((tmp_path / "data/generated/manifest.json").read_text())
-    assert manifest["tasks"] == 12 and len(manifest["shards"]) == 2
+    gen = json.loads((tmp_path / "data/generated/manifest.json").read_text())
+    assert gen["tasks"] == 20 and len(gen["shards"]) == 2
     # task i depends only on (seed, i): the first shard is byte-identical after the change
     assert (tmp_path / "data/generated/shard-00000.parquet").read_bytes() == first
+
+
+@pytest.mark.slow
+def test_filter_sanity_band_fails_the_stage_with_gx_report(tmp_path, venv_env):
+    _copy_project(tmp_path)
+    params = _tiny(tmp_path)
+    params["filter"]["kept_share"] = {"min": 0.99, "max": 1.0}  # impossible: noise tasks exist
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    venv_env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _run(["dvc", "repro", "filter"], tmp_path, venv_env, ok=False)
+    assert res.returncode != 0
+    assert "Great Expectations checks failed for filter report" in res.stderr
+    assert "expect_column_mean_to_be_between" in res.stderr
+    assert not (tmp_path / "data/filtered").exists()

@@ -8,9 +8,13 @@ CLASS_MODES = ("rank", "value")
 
 
 def _random_cuts(rng: np.random.Generator, values: np.ndarray, k: int, mode: str) -> np.ndarray:
-    """Codes 0..k-1 from k-1 random cut points: values of random rows (rank) or N(0,1) draws (value)."""
+    """Codes 0..k-1 from k-1 random cut points: quantiles of the values at Dirichlet-drawn class shares
+    (rank) or N(0,1) draws on the standardised values (value)."""
     if mode == "rank":
-        cuts = np.sort(values[rng.choice(values.shape[0], size=k - 1, replace=False)])
+        # Class shares ~ Dirichlet(alpha): alpha < 1 gives skewed tasks, alpha > 1 balanced ones.
+        alpha = float(np.exp(rng.uniform(np.log(0.5), np.log(5.0))))
+        quantiles = np.cumsum(rng.dirichlet(np.full(k, alpha)))[:-1]
+        cuts = np.quantile(values, quantiles, method="inverted_cdf")
         return np.searchsorted(cuts, values, side="left")
     if mode == "value":
         std = values.std()

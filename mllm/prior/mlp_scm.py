@@ -22,7 +22,7 @@ def sample_mlp_hyperparams(rng: np.random.Generator, min_width: int) -> dict:
         "width": width,
         "activations": acts,
         "init_std": float(np.exp(rng.uniform(np.log(0.2), np.log(3.0)))),
-        "noise_std": float(np.exp(rng.uniform(np.log(1e-4), np.log(0.5)))),
+        "noise_std": float(np.exp(rng.uniform(np.log(1e-4), np.log(0.3)))),
         "dropout": float(rng.uniform(0.0, 0.8)) if rng.random() < 0.5 else 0.0,
         "bias_std": float(rng.uniform(0.0, 1.0)),
     }

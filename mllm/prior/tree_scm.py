@@ -25,7 +25,7 @@ def sample_tree_hyperparams(rng: np.random.Generator, min_width: int) -> dict:
         "ensemble": "boosting" if rng.random() < 0.5 else "forest",
         "learning_rate": float(rng.uniform(0.1, 1.0)),
         "target_signal": float(rng.uniform(0.0, 1.0)),
-        "noise_std": float(np.exp(rng.uniform(np.log(1e-4), np.log(0.5)))),
+        "noise_std": float(np.exp(rng.uniform(np.log(1e-4), np.log(0.3)))),
     }
 
 

@@ -1,0 +1,106 @@
+"""The compact numeric encoding shared by training and prediction.
+
+Per task and column: z-score with the mean and standard deviation of the **shot rows only** (ddof 1,
+std floored), missing values -> the shot mean, then ``clip(round(z * 120 + 500), 0, 999)`` as an integer
+(MachineLearningLM's mapping, with the upper clip its code forgot). Non-numeric columns of user tables
+are ordinal-coded first, with their own codes for unseen categories and for missing values.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SCALE, CENTER, LOW, HIGH = 120.0, 500.0, 0, 999
+STD_FLOOR = 1e-6
+
+
+def quantise(shots: np.ndarray, queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer codes 0..999 of ``shots`` (m, d) and ``queries`` (n, d) with shot-only statistics."""
+    shots = np.asarray(shots, dtype=np.float64)
+    if shots.ndim != 2 or shots.shape[0] < 1:
+        raise ValueError(f"shots must be a non-empty 2-D array, got shape {shots.shape}")
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice" on all-missing columns
+        mean = np.nanmean(shots, axis=0)
+        std = np.nanstd(shots, axis=0, ddof=1) if shots.shape[0] > 1 else np.zeros(shots.shape[1])
+    mean = np.where(np.isfinite(mean), mean, 0.0)  # an all-missing column is all "mean"
+    std = np.maximum(np.where(np.isfinite(std), std, 0.0), STD_FLOOR)
+
+    def codes(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        x = np.where(np.isnan(x), mean, x)
+        z = (x - mean) / std
+        return np.clip(np.rint(z * SCALE + CENTER), LOW, HIGH).astype(np.int16)
+
+    return codes(shots), (None if queries is None else codes(queries))
+
+
+def ordinal_encode(shots: pd.DataFrame, queries: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Numeric arrays from (possibly mixed-type) frames; returns (shots, queries, categorical mask).
+
+    Numeric columns pass through (NaN kept for ``quantise``). Other columns are ordinal-coded with the
+    shot rows' categories sorted as strings: codes 0..c-1, then c for a category unseen in the shots and
+    c+1 for a missing value.
+    """
+    if queries is not None and list(queries.columns) != list(shots.columns):
+        raise ValueError("query columns differ from the context columns")
+    n_cols = shots.shape[1]
+    out_s = np.empty((len(shots), n_cols))
+    out_q = None if queries is None else np.empty((len(queries), n_cols))
+    categorical = np.zeros(n_cols, dtype=bool)
+    for j, col in enumerate(shots.columns):
+        s = shots[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            out_s[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            if out_q is not None:
+                out_q[:, j] = pd.to_numeric(queries[col], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+            continue
+        categorical[j] = True
+        cats = sorted({str(v) for v in s.dropna()})
+        lookup = {c: i for i, c in enumerate(cats)}
+        unseen, missing = len(cats), len(cats) + 1
+
+        def code(series: pd.Series) -> np.ndarray:
+            return np.array([missing if pd.isna(v) else lookup.get(str(v), unseen) for v in series], dtype=np.float64)
+
+        out_s[:, j] = code(s)
+        if out_q is not None:
+            out_q[:, j] = code(queries[col])
+    return out_s, out_q, categorical
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Original label values <-> ids 0..K-1 (sorted order of the context's labels)."""
+
+    classes: np.ndarray
+
+    @classmethod
+    def fit(cls, shot_labels) -> "LabelMap":
+        return cls(np.unique(np.asarray(shot_labels)))
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.classes.size)
+
+    def to_ids(self, labels) -> np.ndarray:
+        labels = np.asarray(labels)
+        idx = np.searchsorted(self.classes, labels)
+        idx = np.clip(idx, 0, self.classes.size - 1)
+        bad = self.classes[idx] != labels
+        if bad.any():
+            raise ValueError(f"labels never seen in the context: {sorted(set(labels[bad].tolist()))[:10]}")
+        return idx.astype(np.int64)
+
+    def to_labels(self, ids) -> np.ndarray:
+        return self.classes[np.asarray(ids, dtype=np.int64)]
+
+
+def column_permutation(seed: int, task_id: int, n_features: int) -> np.ndarray:
+    """The seeded column order of a task (the same task always gets the same order)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, task_id, 0xC01]))
+    return rng.permutation(n_features)
