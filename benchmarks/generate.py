@@ -11,15 +11,12 @@ thread, so "per core" means per core. The last line is the per-core ratio (ours 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, pinned  # noqa: E402
 
 
 def _ours_params(num_tasks: int, shots: tuple[int, int] = (974, 974), queries: int = 50):
@@ -76,21 +73,6 @@ def measure_tabicl(n: int) -> dict:
         ds.get_batch()
         done += batch
     return {"tasks": done, "seconds": time.perf_counter() - t0}
-
-
-def _pinned(kind: str) -> dict:
-    """Run one measurement in a subprocess on one core."""
-    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(ROOT)}
-    code = (
-        "import os, json, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import generate as g;"
-        f"print('RESULT ' + json.dumps(g.{kind}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line.removeprefix("RESULT "))
 
 
 def _shard_worker(args):
@@ -172,14 +154,14 @@ def main() -> None:
     args = ap.parse_args()
     n_ours, n_tab, n_dist = (400, 48, 150) if args.quick else (3000, 400, 1000)
 
-    tab = _pinned(f"measure_tabicl({n_tab})")
-    ours = _pinned(f"measure_ours({n_ours}, full_shard=False)")
-    ours_shard = _pinned(f"measure_ours({n_ours}, full_shard=True)")
+    tab = pinned("generate", f"measure_tabicl({n_tab})")
+    ours = pinned("generate", f"measure_ours({n_ours}, full_shard=False)")
+    ours_shard = pinned("generate", f"measure_ours({n_ours}, full_shard=True)")
     ours2 = measure_ours_workers(n_ours * 2, workers=2)
 
     rate = {k: v["tasks"] / v["seconds"] for k, v in
             {"tabicl": tab, "ours": ours, "ours_shard": ours_shard, "ours2": ours2}.items()}
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    print(f"machine: {machine()}")
     print("settings: 1024 rows/task, 5-50 features, <=10 classes, mix prior (70% MLP / 30% tree)")
     print(f"tabicl PriorDataset, 1 core:              {rate['tabicl']:8.1f} tasks/s ({tab['tasks']} tasks)")
     print(f"mllm generate_task, 1 core:               {rate['ours']:8.1f} tasks/s ({ours['tasks']} tasks)")
