@@ -81,6 +81,6 @@ def run_encode(params_path: str = "params.yaml", filtered: str = "data/filtered"
     params = load_params(params_path, overrides)
     input_shards(filtered)
     load_tokenizer(params.encode.tokenizer)
-    runner = make_task_runner(params.encode.n_workers)
+    runner = make_task_runner(params.encode.n_workers, params.runner.kind, params.runner.dask_address)
     return encode_flow.with_options(task_runner=runner)(params_path=params_path, filtered=filtered, out=out,
                                                         metrics=metrics, overrides=overrides)

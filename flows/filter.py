@@ -80,7 +80,7 @@ def run_filter(params_path: str = "params.yaml", generated: str = "data/generate
     """Validate params and inputs first, then run the flow on ``filter.n_workers`` workers."""
     params = load_params(params_path, overrides)
     input_shards(generated)
-    runner = make_task_runner(params.filter.n_workers)
+    runner = make_task_runner(params.filter.n_workers, params.runner.kind, params.runner.dask_address)
     return filter_flow.with_options(task_runner=runner)(
         params_path=params_path, generated=generated, out=out, metrics=metrics, overrides=overrides
     )

@@ -10,7 +10,16 @@ from prefect.client.orchestration import get_client
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 
-def make_task_runner(n_workers: int) -> TaskRunner:
+def make_task_runner(n_workers: int, kind: str = "process", dask_address: str | None = None) -> TaskRunner:
+    """``process``: local processes (threads for one worker); ``dask``: Prefect's Dask task runner on the
+    cluster at ``dask_address``, or on a local cluster of ``n_workers`` single-threaded processes."""
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
     # The stages are CPU-bound numpy/sklearn code holding the GIL between small ops: threads do not scale.
     if n_workers <= 1:
         return ThreadPoolTaskRunner(max_workers=1)

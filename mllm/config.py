@@ -123,8 +123,16 @@ class EncodeParams(_Strict):
     n_workers: int = Field(default=1, ge=1)
 
 
+class RunnerParams(_Strict):
+    """Where fan-out stages (generate, filter, encode) run their shards."""
+
+    kind: Literal["process", "dask"] = "process"
+    dask_address: str | None = Field(default=None, description="scheduler address; None = a local cluster")
+
+
 class Params(_Strict):
     seed: int = Field(ge=0)
+    runner: RunnerParams = RunnerParams()
     generate: GenerateParams
     filter: FilterParams = FilterParams()
     tokenizer: TokenizerParams = TokenizerParams()
