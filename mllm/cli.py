@@ -136,6 +136,35 @@ def encode(
                f"{full['tokens'] + warm['tokens']} tokens -> {out}")
 
 
+@app.command()
+def train(
+    params: ParamsOpt = "params.yaml",
+    corpus: Annotated[str, typer.Option(help="encode stage output")] = "data/corpus",
+    out: Annotated[str, typer.Option(help="checkpoints, final model, summary")] = "data/train",
+    time_budget: Annotated[float | None, typer.Option(help="minutes; stop, checkpoint and export, rerun to continue")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Continued pretraining of model.base on the corpus (LoRA or full), logged to MLflow."""
+    from mllm.config import ParamsError, load_params
+    from mllm.model import ModelError
+    from mllm.train import TrainingError, check_corpus
+
+    overrides = parse_overrides(set_)
+    try:
+        p = load_params(params, overrides)
+        check_corpus(p, corpus, None)  # bad corpus: fail before the flow and the model load
+        from flows.train import TrainFailed, train_flow
+
+        summary = train_flow(params_path=params, corpus=corpus, out=out, overrides=overrides, time_budget=time_budget)
+    except (ParamsError, TrainingError, ModelError, FileNotFoundError) as err:
+        _fail(str(err), 2)
+    except TrainFailed as err:
+        _fail(str(err), 1)
+    state = "complete" if summary["complete"] else "stopped at the time budget (rerun to continue)"
+    typer.echo(f"trained: {state}; final loss {summary['final_loss']:.4f}; model -> {out}/model; "
+               f"MLflow run {summary['run_id']}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

@@ -123,6 +123,77 @@ class EncodeParams(_Strict):
     n_workers: int = Field(default=1, ge=1)
 
 
+class TinyModelParams(_Strict):
+    """Shape of the embedded tiny model (a Qwen2-architecture causal LM), used when training from scratch."""
+
+    hidden_size: int = Field(default=256, ge=8)
+    intermediate_size: int = Field(default=768, ge=8)
+    layers: int = Field(default=4, ge=1)
+    heads: int = Field(default=4, ge=1)
+    kv_heads: int = Field(default=2, ge=1)
+    max_positions: int = Field(default=8192, ge=64)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "TinyModelParams":
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads {self.heads} is not a multiple of kv_heads {self.kv_heads}")
+        return self
+
+
+class LoraParams(_Strict):
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"  # every linear projection, as in the paper
+
+
+class ModelParams(_Strict):
+    base: str = Field(default="tiny", description="tiny | scratch | a local model dir | a cached hub id")
+    adapter: Literal["lora", "full"] = "lora"
+    lora: LoraParams = LoraParams()
+    tiny: TinyModelParams = TinyModelParams()
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _scratch_is_full(self) -> "ModelParams":
+        if self.base == "scratch" and self.adapter != "full":
+            raise ValueError("base 'scratch' (random init) trains all weights: set model.adapter to 'full'")
+        return self
+
+
+class TrainStage(_Strict):
+    """One curriculum stage: a corpus, a learning rate, and how long."""
+
+    name: str
+    corpus: Literal["warmup", "full"]
+    lr: float = Field(gt=0.0)
+    epochs: float = Field(default=1.0, gt=0.0)
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; caps epochs")
+    max_examples: int | None = Field(default=None, ge=1)
+
+
+class TrainParams(_Strict):
+    """Continued pretraining (the curriculum runs its stages in order, each resuming the previous weights)."""
+
+    stages: list[TrainStage] = Field(min_length=1, default_factory=lambda: [
+        TrainStage(name="warmup", corpus="warmup", lr=1e-5),
+        TrainStage(name="full", corpus="full", lr=1e-6),
+    ])
+    batch_size: int = Field(default=1, ge=1)
+    grad_accum: int = Field(default=8, ge=1)
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    shot_label_loss: bool = True
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    gradient_checkpointing: Literal["auto"] | bool = "auto"  # auto: on for CUDA, off on CPU
+    checkpoint_every: int = Field(default=50, ge=1, description="optimizer steps between checkpoints")
+    num_processes: int = Field(default=1, ge=1, description="data-parallel processes (torchrun) on this machine")
+    log_every: int = Field(default=1, ge=1)
+
+
 class RunnerParams(_Strict):
     """Where fan-out stages (generate, filter, encode) run their shards."""
 
@@ -137,6 +208,8 @@ class Params(_Strict):
     filter: FilterParams = FilterParams()
     tokenizer: TokenizerParams = TokenizerParams()
     encode: EncodeParams = EncodeParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
 
 
 def _format_errors(err: ValidationError, prefix: str = "") -> str:

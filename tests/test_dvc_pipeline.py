@@ -37,7 +37,13 @@ def _tiny(tmp_path, **gen):
     params["generate"].update(num_tasks=40, shard_size=16, n_workers=1, shots={"min": 16, "max": 96},
                               features={"min": 5, "max": 12}, queries=10, **gen)
     params["filter"].update(n_workers=1)
-    params["encode"].update(n_workers=1, cutoff_len=2048)
+    params["encode"].update(n_workers=1, cutoff_len=1024)
+    params["model"].update(base="scratch", adapter="full",
+                           tiny={"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "kv_heads": 1,
+                                 "max_positions": 1024})
+    params["train"].update(stages=[{"name": "warmup", "corpus": "warmup", "lr": 1e-3, "max_steps": 2},
+                                   {"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 2}],
+                           grad_accum=2, checkpoint_every=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return params
 
@@ -56,13 +62,20 @@ def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
     assert filt["tasks"] == 40 and 0 < filt["kept"] <= 40 and sum(filt["rejected_by_rule"].values()) == 40 - filt["kept"]
     enc = json.loads((tmp_path / "metrics/encode.json").read_text())
     assert enc["full"]["sequences"] + sum(enc["full"]["skipped"].values()) == filt["kept"]
-    assert enc["full"]["max_tokens"] <= 2048
+    assert enc["full"]["max_tokens"] <= 1024
     assert (tmp_path / "data/tokenizer/tokenizer.json").is_file()
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"generate", "filter", "tokenizer", "encode"}
+    assert set(lock["stages"]) == {"generate", "filter", "tokenizer", "encode", "train"}
+    summary = json.loads((tmp_path / "data/train/train_summary.json").read_text())
+    assert summary["complete"] and summary["steps_this_run"] == 4
+    assert (tmp_path / "data/train/model/model.safetensors").is_file()
     mlflow.set_tracking_uri(uri)
-    stages = set(mlflow.search_runs(experiment_names=["mllm"])["tags.mllm.stage"])
-    assert stages == {"generate", "filter", "encode"}
+    runs = mlflow.search_runs(experiment_names=["mllm"])
+    assert set(runs["tags.mllm.stage"]) == {"generate", "filter", "encode", "train"}
+    train_run = json.loads((tmp_path / "data/train/mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    assert len(client.get_metric_history(train_run, "loss")) == 4
+    assert any(a.path == "model" for a in client.list_artifacts(train_run))
     metrics = _run(["dvc", "metrics", "show", "--json"], tmp_path, venv_env).stdout
     assert "kept_share" in metrics
 

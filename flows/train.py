@@ -1,0 +1,53 @@
+"""Prefect flow of the ``train`` stage: continued pretraining in 1 or N processes, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+
+from mllm.atomic import write_text_atomic
+from mllm.config import load_params
+from mllm.train import SUMMARY
+from mllm.train_cli import RUN_FILE
+
+
+class TrainFailed(RuntimeError):
+    pass
+
+
+@flow(name="train")
+def train_flow(params_path: str = "params.yaml", corpus: str = "data/corpus", out: str = "data/train",
+               overrides: dict | None = None, time_budget: float | None = None) -> dict:
+    """Train on ``corpus`` into ``out`` (checkpoints, ``model/``, summary, MLflow run id)."""
+    logger = get_run_logger()
+    params = load_params(params_path, overrides)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = out_dir / "params.resolved.yaml"  # what every process reads, overrides included
+    write_text_atomic(resolved, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    args = ["--params", str(resolved), "--corpus", corpus, "--out", out, "--tokenizer", params.encode.tokenizer]
+    if time_budget is not None:
+        args += ["--time-budget", str(time_budget)]
+    n = params.train.num_processes
+    logger.info("training %s (%s) on %d process(es)", params.model.base, params.model.adapter, n)
+    if n == 1:
+        from mllm.train_cli import main
+
+        code = main(args)
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "mllm.train_cli", *args]
+        code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise TrainFailed(f"training exited with code {code}")
+    summary = json.loads((out_dir / SUMMARY).read_text())
+    run = json.loads((out_dir / RUN_FILE).read_text())
+    logger.info("trained %d steps, %d tokens (%.0f tokens/s), final loss %.4f; MLflow run %s",
+                summary["steps_this_run"], summary["tokens_this_run"], summary["tokens_per_s"], summary["final_loss"],
+                run["run_id"])
+    return {**{k: v for k, v in summary.items() if k != "history"}, "run_id": run["run_id"]}

@@ -1,0 +1,92 @@
+"""Models: the embedded tiny causal LM, any local or cached hub causal LM, and LoRA adapters on them.
+
+Nothing here downloads: a base that is not on local disk (or in the local Hugging Face cache) is an error
+that names it. Weights load from safetensors only, and no remote code runs unless asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mllm.config import ModelParams
+
+TINY_BASE_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded or adapted as asked; the message says which and why."""
+
+
+def tiny_config(mp: ModelParams, tokenizer):
+    """A small Qwen2-architecture config sized by ``model.tiny`` for the project's tokenizer."""
+    from transformers import Qwen2Config
+
+    t = mp.tiny
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        num_key_value_heads=t.kv_heads,
+        max_position_embeddings=t.max_positions,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def resolve_base(base: str) -> str:
+    """``tiny`` -> the committed embedded base; anything else is a local dir or a cached hub id."""
+    if base == "tiny":
+        if not (TINY_BASE_DIR / "config.json").is_file():
+            raise ModelError(f"model.base=tiny but no embedded base at {TINY_BASE_DIR}; use model.base=scratch")
+        return str(TINY_BASE_DIR)
+    return base
+
+
+def load_base(mp: ModelParams, tokenizer, seed: int):
+    """The base causal LM: ``scratch`` (random init of the tiny config), ``tiny``, a path or a hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if mp.base == "scratch":
+        from transformers import Qwen2ForCausalLM
+
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(tiny_config(mp, tokenizer))
+    name = resolve_base(mp.base)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, local_files_only=True, use_safetensors=True, trust_remote_code=mp.trust_remote_code,
+            dtype=torch.float32,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.base {mp.base!r} cannot be loaded from local files (nothing is downloaded): {err}") from None
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise ModelError(
+            f"model.base {mp.base!r} has {model.get_input_embeddings().weight.shape[0]} embeddings but the tokenizer "
+            f"has {len(tokenizer)} tokens: the tokenizer does not belong to this model"
+        )
+    return model
+
+
+def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
+    """Wrap ``model`` for training: LoRA (new, or resumed from ``resume_adapter``) or full fine-tuning."""
+    if mp.adapter == "full":
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume_adapter:
+        return PeftModel.from_pretrained(model, resume_adapter, is_trainable=True)
+    cfg = LoraConfig(
+        r=mp.lora.r, lora_alpha=mp.lora.alpha, lora_dropout=mp.lora.dropout, bias="none",
+        target_modules=mp.lora.target_modules, task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as err:
+        raise ModelError(f"LoRA target modules {mp.lora.target_modules!r} match nothing in model.base "
+                         f"{mp.base!r}: {err}") from None

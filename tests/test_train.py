@@ -1,0 +1,194 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from mllm import prompt
+from mllm.config import ParamsError, parse_params
+from mllm.model import ModelError, add_adapter, load_base
+from mllm.tokenizer import build_tokenizer
+from mllm.train import TrainingError, run_training
+from mllm.training_data import IGNORE, shot_label_spans, tokenize_example
+from tests.training_helpers import TINY_MODEL, make_corpus, raw_params, write_params
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _msgs():
+    shots = np.array([[1, 2], [3, 4], [5, 6]])
+    return prompt.messages(shots, np.array([1, 0, 1]), shots[:2], 2, np.array([0, 1]))
+
+
+def test_loss_mask_covers_only_the_answer(tok):
+    ex = tokenize_example(tok, _msgs(), shot_label_loss=False)
+    kept = ex["input_ids"][ex["labels"] != IGNORE]
+    assert tok.decode(kept) == '[{"id":0,"label":0},{"id":1,"label":1}]<|im_end|>'
+    np.testing.assert_array_equal(ex["labels"][ex["labels"] != IGNORE], kept)
+
+
+def test_loss_mask_with_shot_labels(tok):
+    ex = tokenize_example(tok, _msgs(), shot_label_loss=True)
+    labelled = np.flatnonzero(ex["labels"] != IGNORE)
+    text = [tok.decode([i]) for i in ex["input_ids"][labelled]]
+    assert text[:3] == ["1", "0", "1"]  # each shot row's label, nothing else of the prompt
+    assert "".join(text[3:]) == '[{"id":0,"label":0},{"id":1,"label":1}]<|im_end|>'
+    assert shot_label_spans("[Training set]\n1,2|1\n3,4|0\n\n[Test set]") == [(19, 20), (25, 26)]
+
+
+def test_scratch_requires_full_training():
+    with pytest.raises(ParamsError, match="model.*scratch.*full"):
+        parse_params(raw_params(model={"adapter": "lora"}))
+
+
+def test_train_full_model_from_scratch(tmp_path, data):
+    tok_dir, corpus = data
+    params = parse_params(raw_params())
+    logs = []
+    s = run_training(params, corpus, str(tok_dir), tmp_path / "out", log=lambda m, st: logs.append((st, m)))
+    assert s["num_processes"] == 1 and s["steps_this_run"] == 7 and np.isfinite(s["final_loss"])
+    assert [st for st, _ in logs] == [1, 2, 3, 1_000_001, 1_000_002, 1_000_003, 1_000_004]
+    assert all(m["tokens_per_s"] > 0 for _, m in logs)
+    final = tmp_path / "out" / "model"
+    assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+
+
+def test_lora_on_a_local_hf_model(tmp_path, data, tok):
+    """The real-LLM path: any local causal LM dir + LoRA rank 8 on every linear projection."""
+    tok_dir, corpus = data
+    base = load_base(parse_params(raw_params()).model, tok, seed=0)
+    base.save_pretrained(tmp_path / "base", safe_serialization=True)
+    params = parse_params(raw_params(model={"base": str(tmp_path / "base"), "adapter": "lora"}))
+    model = add_adapter(load_base(params.model, tok, 0), params.model)
+    names = {n.split(".")[-3] for n, p in model.named_parameters() if p.requires_grad}  # ...lora_A.default.weight
+    assert names == {"lora_A", "lora_B"}
+    targets = {n.split(".lora_A")[0].split(".")[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert model.peft_config["default"].r == 8 and model.peft_config["default"].lora_alpha == 16
+
+    s = run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    assert s["trainable_params"] < s["total_params"] / 5
+    final = tmp_path / "out" / "model"
+    assert (final / "adapter_model.safetensors").is_file()
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(load_base(params.model, tok, 0), final)
+    assert any("lora_B" in n for n, _ in reloaded.named_parameters())
+
+
+@pytest.mark.parametrize("over, error, match", [
+    ({"model": {"base": "/no/such/model", "adapter": "lora"}}, ModelError, "cannot be loaded from local files"),
+    ({"model": {"base": "no-org/no-model", "adapter": "lora"}}, ModelError, "nothing is downloaded"),
+])
+def test_unknown_model_is_a_clear_error(tmp_path, data, over, error, match):
+    tok_dir, corpus = data
+    with pytest.raises(error, match=match):
+        run_training(parse_params(raw_params(**over)), corpus, str(tok_dir), tmp_path / "out")
+
+
+def test_lora_with_no_matching_modules(tmp_path, data, tok):
+    tok_dir, corpus = data
+    base = load_base(parse_params(raw_params()).model, tok, seed=0)
+    base.save_pretrained(tmp_path / "base", safe_serialization=True)
+    params = parse_params(raw_params(model={"base": str(tmp_path / "base"), "adapter": "lora",
+                                            "lora": {"target_modules": ["c_attn"]}}))
+    with pytest.raises(ModelError, match="match nothing"):
+        run_training(params, corpus, str(tok_dir), tmp_path / "out")
+
+
+def test_corpus_longer_than_the_context_and_empty_corpus(tmp_path, data):
+    tok_dir, corpus = data
+    short = raw_params(model={"tiny": {**TINY_MODEL, "max_positions": 64}})
+    with pytest.raises(TrainingError, match="longer than the model's context"):
+        run_training(parse_params(short), corpus, str(tok_dir), tmp_path / "out")
+    (tmp_path / "empty" / "warmup").mkdir(parents=True)
+    with pytest.raises(TrainingError, match="no warmup corpus shards"):
+        run_training(parse_params(raw_params()), tmp_path / "empty", str(tok_dir), tmp_path / "out")
+
+
+def _weights(path):
+    return load_file(str(path / "model" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_no_lost_progress(tmp_path, data, venv_env):
+    """Kill a real training process after its first checkpoint; the rerun ends where an uninterrupted
+    run ends, with the same step count and the same weights."""
+    tok_dir, corpus = data
+    raw = raw_params(train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 8}],
+                            "grad_accum": 2, "checkpoint_every": 2, "mixed_precision": "no"})
+    params_file = write_params(tmp_path / "params.yaml", raw)
+    cmd = [sys.executable, "-m", "mllm.train_cli", "--params", str(params_file), "--corpus", str(corpus),
+           "--tokenizer", str(tok_dir)]
+
+    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], env=venv_env, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    env = {**venv_env, "MLLM_TRAIN_STEP_DELAY": "1.0"}  # slow each step so the kill lands mid-run
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "run")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    state = tmp_path / "run" / "checkpoints" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (state.is_file() and json.loads(state.read_text())["step"] >= 2):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())
+    assert 2 <= killed_at["step"] < 8 and not (tmp_path / "run" / "model").exists()
+
+    res = subprocess.run(cmd + ["--out", str(tmp_path / "run")], env=venv_env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["steps_this_run"] == 8 - killed_at["step"]
+    assert [h["step"] for h in summary["history"]][-1] == 8
+    a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].float().numpy(), b[k].float().numpy(), rtol=0, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_are_two_ranks(tmp_path, data, venv_env):
+    """torchrun + Accelerator(cpu=True): two real gloo ranks sharing the data."""
+    tok_dir, corpus = data
+    params_file = write_params(tmp_path / "params.yaml", raw_params())
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "mllm.train_cli", "--params", str(params_file), "--corpus", str(corpus), "--tokenizer", str(tok_dir),
+         "--out", str(tmp_path / "out")],
+        env=venv_env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert summary["ranks_seen"] == [0, 1]
+
+
+def test_time_budget_stops_exports_and_resumes(tmp_path, data):
+    tok_dir, corpus = data
+    params = parse_params(raw_params())
+    first = run_training(params, corpus, str(tok_dir), tmp_path / "out", time_budget_s=0.0)
+    assert not first["complete"] and first["steps_this_run"] == 1
+    assert first["position"]["stage"] == 0 and first["position"]["step"] == 1
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()  # the weights so far
+    rest = run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    assert rest["complete"] and rest["steps_this_run"] == 6  # 3 + 4 steps in all
+
+    changed = parse_params(raw_params(seed=2))  # other params: the old checkpoints are not reused
+    again = run_training(changed, corpus, str(tok_dir), tmp_path / "out", time_budget_s=0.0)
+    assert again["position"]["step"] == 1 and again["steps_this_run"] == 1

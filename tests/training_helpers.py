@@ -1,0 +1,48 @@
+"""Small corpora and tiny models for training tests (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from mllm.config import parse_params
+from mllm.corpus import encode_shard
+from mllm.prior import generate_task
+from mllm.shards import tasks_to_table, write_shard
+from mllm.tokenizer import build_tokenizer, save_tokenizer
+
+TINY_MODEL = {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4, "kv_heads": 2, "max_positions": 1024}
+
+
+def raw_params(**over) -> dict:
+    raw = {
+        "seed": 1,
+        "generate": {"num_tasks": 24, "shard_size": 24, "shots": {"min": 8, "max": 24},
+                     "features": {"min": 3, "max": 6}, "queries": 8},
+        "model": {"base": "scratch", "adapter": "full", "tiny": TINY_MODEL},
+        "train": {"stages": [{"name": "warmup", "corpus": "warmup", "lr": 1e-3, "max_steps": 3},
+                             {"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 4}],
+                  "grad_accum": 2, "checkpoint_every": 2, "mixed_precision": "no"},
+    }
+    for k, v in over.items():
+        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
+    return raw
+
+
+def make_corpus(root: Path, n_tasks: int = 24, cutoff_len: int = 1024) -> tuple[Path, Path]:
+    """A tokenizer dir and a corpus dir with full and warm-up shards of tiny tasks."""
+    params = parse_params(raw_params())
+    tok = build_tokenizer()
+    save_tokenizer(tok, root / "tok", "whole")
+    tasks = [generate_task(1, i, params.generate) for i in range(n_tasks)]
+    write_shard(tasks_to_table(tasks), root / "tasks.parquet")
+    for corpus in ("full", "warmup"):
+        (root / "corpus" / corpus).mkdir(parents=True, exist_ok=True)
+        encode_shard(root / "tasks.parquet", root / "corpus" / corpus / "shard-00000.parquet", tok, 1, cutoff_len, 4)
+    return root / "tok", root / "corpus"
+
+
+def write_params(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
