@@ -1,0 +1,104 @@
+"""Training throughput of the default tiny model against this machine's own matmul limit.
+
+    python benchmarks/train.py [--quick]
+
+Measured in one run: (1) the machine's dense matmul FLOP/s in bf16 and fp32 (square matmuls, the
+physical limit of what training can reach here); (2) training steps of the default tiny model
+(`model.tiny` in params.yaml: forward, backward, AdamW) on full-length sequences, in bf16 autocast and in
+fp32. Achieved FLOP/s = tokens/s x FLOPs per token, counted as 6 x (non-embedding parameters + the tied
+output projection) + 12 x layers x hidden x sequence length (attention scores and values, forward and
+backward). The last line is achieved bf16 training FLOP/s over the bf16 matmul FLOP/s (target >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine  # noqa: E402
+
+
+def matmul_flops(dtype, n: int, seconds: float) -> float:
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def train_throughput(bf16: bool, seq_len: int, steps: int) -> dict:
+    import torch
+
+    from mllm.config import load_params
+    from mllm.model import tiny_config
+    from mllm.tokenizer import build_tokenizer
+
+    params = load_params(ROOT / "params.yaml")
+    tok = build_tokenizer(params.tokenizer.numbers)
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = tiny_config(params.model, tok)
+    model = Qwen2ForCausalLM(cfg)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, len(tok), (1, seq_len))
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - t0
+    emb = cfg.vocab_size * cfg.hidden_size
+    n_params = sum(p.numel() for p in model.parameters())
+    dense = (n_params - emb) + emb  # non-embedding weights + the tied output projection (a real matmul)
+    flops_per_token = 6 * dense + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    tokens_per_s = steps * seq_len / seconds
+    return {"tokens_per_s": tokens_per_s, "flops": tokens_per_s * flops_per_token, "params": n_params,
+            "flops_per_token": flops_per_token}
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a faithful run in about a minute")
+    args = ap.parse_args()
+    seq_len, steps, mm_s = (1024, 4, 2.0) if args.quick else (2048, 12, 5.0)
+    torch.set_num_threads(torch.get_num_threads())
+
+    peak_bf16 = matmul_flops(torch.bfloat16, 2048, mm_s)
+    peak_fp32 = matmul_flops(torch.float32, 2048, mm_s)
+    bf16 = train_throughput(True, seq_len, steps)
+    fp32 = train_throughput(False, seq_len, steps)
+    print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"matmul 2048^3: bf16 {peak_bf16 / 1e12:.3f} TFLOP/s, fp32 {peak_fp32 / 1e12:.3f} TFLOP/s "
+          f"(bf16/fp32 {peak_bf16 / peak_fp32:.2f}x)")
+    print(f"tiny model: {bf16['params'] / 1e6:.2f}M params, {bf16['flops_per_token'] / 1e6:.1f} MFLOP/token, "
+          f"sequences of {seq_len} tokens")
+    print(f"train bf16: {bf16['tokens_per_s']:.0f} tokens/s, {bf16['flops'] / 1e12:.3f} TFLOP/s")
+    print(f"train fp32: {fp32['tokens_per_s']:.0f} tokens/s, {fp32['flops'] / 1e12:.3f} TFLOP/s "
+          f"(bf16 speed-up {bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f}x)")
+    print(f"fp32 training vs fp32 matmul: ratio {fp32['flops'] / peak_fp32:.2f}")
+    print(f"bf16 training FLOP/s vs bf16 matmul FLOP/s: ratio {bf16['flops'] / peak_bf16:.2f}")
+
+
+if __name__ == "__main__":
+    main()
