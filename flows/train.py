@@ -12,12 +12,13 @@ from prefect import flow, get_run_logger
 
 from mllm.atomic import write_text_atomic
 from mllm.config import load_params
+from mllm.errors import StageFailed
 from mllm.train import SUMMARY
 from mllm.train_cli import RUN_FILE
 
 
-class TrainFailed(RuntimeError):
-    pass
+class TrainFailed(StageFailed):
+    """A training process exited with an error."""
 
 
 @flow(name="train")

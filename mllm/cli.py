@@ -1,9 +1,13 @@
-"""``mllm`` command line: thin wrappers over the stage flows."""
+"""``mllm`` command line: thin wrappers over the stage flows.
+
+Exit codes: 0 done, 1 a stage ran and failed (data checks, training), 2 bad input found before work.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -15,6 +19,7 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-S", help="override a param, e.g. -S generate.num_tasks=100 (repeatable)"),
 ]
+MetricsOpt = Annotated[str, typer.Option(help="summary JSON for `dvc metrics`")]
 
 
 @app.callback()
@@ -42,6 +47,22 @@ def _fail(msg: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _run(params: str, set_: list[str] | None, start: Callable[[dict], Any]) -> Any:
+    """Validate params (before Prefect or any work starts), then ``start(overrides)``; known failures become
+    a one-line error and an exit code instead of a traceback."""
+    from mllm.config import load_params
+    from mllm.errors import InputError, StageFailed
+
+    overrides = parse_overrides(set_)
+    try:
+        load_params(params, overrides)
+        return start(overrides)
+    except (InputError, FileNotFoundError) as err:
+        _fail(str(err), 2)
+    except StageFailed as err:
+        _fail(str(err), 1)
+
+
 @app.command()
 def generate(
     params: ParamsOpt = "params.yaml",
@@ -49,20 +70,14 @@ def generate(
     set_: SetOpt = None,
 ) -> None:
     """Generate synthetic classification tasks from SCM priors into checked Parquet shards."""
-    from mllm.config import ParamsError, load_params
-    from mllm.validation import DataCheckError
 
-    overrides = parse_overrides(set_)
-    try:
-        load_params(params, overrides)  # fail on bad params before Prefect or any work starts
+    def start(overrides):
         from flows.generate import run_generate
 
-        manifest = run_generate(params, out, overrides)
-    except ParamsError as err:
-        _fail(str(err), 2)
-    except DataCheckError as err:
-        _fail(str(err), 1)
-    typer.echo(f"generated {manifest['tasks']} tasks in {len(manifest['shards'])} shards -> {out}")
+        return run_generate(params, out, overrides)
+
+    m = _run(params, set_, start)
+    typer.echo(f"generated {m['tasks']} tasks in {len(m['shards'])} shards -> {out}")
 
 
 @app.command("filter")
@@ -70,25 +85,19 @@ def filter_(
     params: ParamsOpt = "params.yaml",
     generated: Annotated[str, typer.Option(help="generate stage output")] = "data/generated",
     out: Annotated[str, typer.Option(help="output directory")] = "data/filtered",
-    metrics: Annotated[str, typer.Option(help="summary JSON for `dvc metrics`")] = "metrics/filter.json",
+    metrics: MetricsOpt = "metrics/filter.json",
     set_: SetOpt = None,
 ) -> None:
     """Keep the tasks a random-forest teacher can learn; build the warm-up (consensus) corpus."""
-    from mllm.config import ParamsError, load_params
-    from mllm.validation import DataCheckError
 
-    overrides = parse_overrides(set_)
-    try:
-        load_params(params, overrides)
+    def start(overrides):
         from flows.filter import run_filter
 
-        summary = run_filter(params, generated, out, metrics, overrides)
-    except (ParamsError, FileNotFoundError) as err:
-        _fail(str(err), 2)
-    except DataCheckError as err:
-        _fail(str(err), 1)
-    typer.echo(f"kept {summary['kept']} of {summary['tasks']} tasks ({100 * summary['kept_share']:.1f}%); "
-               f"warm-up corpus {summary['warmup_tasks']} tasks -> {out}")
+        return run_filter(params, generated, out, metrics, overrides)
+
+    s = _run(params, set_, start)
+    typer.echo(f"kept {s['kept']} of {s['tasks']} tasks ({100 * s['kept_share']:.1f}%); "
+               f"warm-up corpus {s['warmup_tasks']} tasks -> {out}")
 
 
 @app.command()
@@ -98,18 +107,20 @@ def tokenizer(
     set_: SetOpt = None,
 ) -> None:
     """Build the embedded default tokenizer (a Hugging Face tokenizer directory)."""
-    from mllm.atomic import atomic_dir
-    from mllm.config import ParamsError, load_params
-    from mllm.tokenizer import build_tokenizer, save_tokenizer
 
-    try:
-        p = load_params(params, parse_overrides(set_))
-    except ParamsError as err:
-        _fail(str(err), 2)
-    tok = build_tokenizer(p.tokenizer.numbers)
-    with atomic_dir(out) as tmp:
-        save_tokenizer(tok, tmp, p.tokenizer.numbers)
-    typer.echo(f"tokenizer ({p.tokenizer.numbers} numbers, {len(tok)} tokens) -> {out}")
+    def start(overrides):
+        from mllm.atomic import atomic_dir
+        from mllm.config import load_params
+        from mllm.tokenizer import build_tokenizer, save_tokenizer
+
+        numbers = load_params(params, overrides).tokenizer.numbers
+        tok = build_tokenizer(numbers)
+        with atomic_dir(out) as tmp:
+            save_tokenizer(tok, tmp, numbers)
+        return numbers, len(tok)
+
+    numbers, size = _run(params, set_, start)
+    typer.echo(f"tokenizer ({numbers} numbers, {size} tokens) -> {out}")
 
 
 @app.command()
@@ -117,21 +128,18 @@ def encode(
     params: ParamsOpt = "params.yaml",
     filtered: Annotated[str, typer.Option(help="filter stage output")] = "data/filtered",
     out: Annotated[str, typer.Option(help="output directory")] = "data/corpus",
-    metrics: Annotated[str, typer.Option(help="summary JSON for `dvc metrics`")] = "metrics/encode.json",
+    metrics: MetricsOpt = "metrics/encode.json",
     set_: SetOpt = None,
 ) -> None:
     """Encode filtered tasks into the chat-format training corpora (full and warm-up)."""
-    from mllm.config import ParamsError, load_params
 
-    overrides = parse_overrides(set_)
-    try:
-        load_params(params, overrides)
+    def start(overrides):
         from flows.encode import run_encode
 
-        summary = run_encode(params, filtered, out, metrics, overrides)
-    except (ParamsError, FileNotFoundError, ValueError) as err:
-        _fail(str(err), 2)
-    full, warm = summary["full"], summary["warmup"]
+        return run_encode(params, filtered, out, metrics, overrides)
+
+    s = _run(params, set_, start)
+    full, warm = s["full"], s["warmup"]
     typer.echo(f"corpus: {full['sequences']} full + {warm['sequences']} warm-up sequences, "
                f"{full['tokens'] + warm['tokens']} tokens -> {out}")
 
@@ -145,24 +153,18 @@ def train(
     set_: SetOpt = None,
 ) -> None:
     """Continued pretraining of model.base on the corpus (LoRA or full), logged to MLflow."""
-    from mllm.config import ParamsError, load_params
-    from mllm.model import ModelError
-    from mllm.train import TrainingError, check_corpus
 
-    overrides = parse_overrides(set_)
-    try:
-        p = load_params(params, overrides)
-        check_corpus(p, corpus, None)  # bad corpus: fail before the flow and the model load
-        from flows.train import TrainFailed, train_flow
+    def start(overrides):
+        from flows.train import train_flow
+        from mllm.config import load_params
+        from mllm.train import check_corpus
 
-        summary = train_flow(params_path=params, corpus=corpus, out=out, overrides=overrides, time_budget=time_budget)
-    except (ParamsError, TrainingError, ModelError, FileNotFoundError) as err:
-        _fail(str(err), 2)
-    except TrainFailed as err:
-        _fail(str(err), 1)
-    state = "complete" if summary["complete"] else "stopped at the time budget (rerun to continue)"
-    typer.echo(f"trained: {state}; final loss {summary['final_loss']:.4f}; model -> {out}/model; "
-               f"MLflow run {summary['run_id']}")
+        check_corpus(load_params(params, overrides), corpus, None)  # bad corpus: before the flow starts
+        return train_flow(params_path=params, corpus=corpus, out=out, overrides=overrides, time_budget=time_budget)
+
+    s = _run(params, set_, start)
+    state = "complete" if s["complete"] else "stopped at the time budget (rerun to continue)"
+    typer.echo(f"trained: {state}; final loss {s['final_loss']:.4f}; model -> {out}/model; MLflow run {s['run_id']}")
 
 
 def main() -> None:  # pragma: no cover

@@ -12,10 +12,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mllm.errors import InputError
+
 MAX_CLASSES = 10  # the label vocabulary of the paper's recipe; more classes is a different problem
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """Invalid parameters; the message names each offending parameter."""
 
 

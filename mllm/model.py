@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mllm.config import ModelParams
+from mllm.errors import InputError
 
 TINY_BASE_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model that cannot be loaded or adapted as asked; the message says which and why."""
 
 

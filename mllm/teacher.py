@@ -83,11 +83,11 @@ def evaluate_gates(
     majority = np.full_like(y_query, np.bincount(y_shot, minlength=n_classes).argmax())
     macro_f1 = float(f1_score(y_query, pred, labels=labels, average="macro", zero_division=0))
     majority_f1 = float(f1_score(y_query, majority, labels=labels, average="macro", zero_division=0))
-    kappa = float(cohen_kappa_score(y_query, pred, labels=labels))
-    kappa = 0.0 if np.isnan(kappa) else kappa  # a single class on both sides: no agreement beyond chance
-    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected here
+    with warnings.catch_warnings():  # undefined kappa, classes missing on one side: expected, handled here
         warnings.simplefilter("ignore")
+        kappa = float(cohen_kappa_score(y_query, pred, labels=labels))
         bal = float(balanced_accuracy_score(y_query, pred))
+    kappa = 0.0 if np.isnan(kappa) else kappa  # a single class on both sides: no agreement beyond chance
     counts = np.bincount(pred, minlength=n_classes)
     predicted_classes = int((counts > 0).sum())
     dominant = float(counts.max() / n)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mllm import prompt
+from mllm.errors import InputError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -122,5 +123,5 @@ def load_tokenizer(name_or_path: str | Path):
             f"tokenizer {name_or_path!r} not found locally (nothing is downloaded at run time): {err}"
         ) from None
     if tok.chat_template is None:
-        raise ValueError(f"tokenizer {name_or_path!r} has no chat template; mllm prompts are chat messages")
+        raise InputError(f"tokenizer {name_or_path!r} has no chat template; mllm prompts are chat messages")
     return tok

@@ -22,6 +22,7 @@ import numpy as np
 
 from mllm.atomic import write_text_atomic
 from mllm.config import Params
+from mllm.errors import InputError
 from mllm.training_data import CorpusDataset, collate, corpus_lengths
 
 CHECKPOINTS, FINAL, STATE, SUMMARY = "checkpoints", "model", "state.json", "train_summary.json"
@@ -29,7 +30,7 @@ CHECKPOINTS, FINAL, STATE, SUMMARY = "checkpoints", "model", "state.json", "trai
 STEP_DELAY = float(os.environ.get("MLLM_TRAIN_STEP_DELAY", "0") or 0)
 
 
-class TrainingError(ValueError):
+class TrainingError(InputError):
     """The corpus or the model cannot be trained on as asked; raised before training starts."""
 
 

@@ -18,12 +18,13 @@ import pandas as pd
 import pyarrow as pa
 
 from mllm.config import GenerateParams
+from mllm.errors import StageFailed
 
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)  # silence per-check "docs site" notes
 
 
-class DataCheckError(RuntimeError):
+class DataCheckError(StageFailed):
     """A Great Expectations suite failed; the message is GX's report of the failed expectations."""
 
 

@@ -192,3 +192,18 @@ def test_time_budget_stops_exports_and_resumes(tmp_path, data):
     changed = parse_params(raw_params(seed=2))  # other params: the old checkpoints are not reused
     again = run_training(changed, corpus, str(tok_dir), tmp_path / "out", time_budget_s=0.0)
     assert again["position"]["step"] == 1 and again["steps_this_run"] == 1
+
+
+def test_label_scoring_reads_label_positions(tmp_path, data, tok):
+    from mllm.corpus import read_corpus
+    from mllm.scoring import evaluate_corpus, label_token_ids, score_sequence
+
+    tok_dir, corpus = data
+    model = load_base(parse_params(raw_params()).model, tok, seed=0)
+    row = read_corpus(corpus / "full" / "shard-00000.parquet").slice(0, 1).to_pylist()[0]
+    probs = score_sequence(model, tok, row["messages"], row["n_classes"])
+    assert probs.shape == (row["n_queries"], row["n_classes"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert len(set(label_token_ids(tok, 10))) == 10
+    res = evaluate_corpus(model, tok, [row])
+    assert res["queries"] == row["n_queries"] and 0 <= res["accuracy"] <= 1 and 0 < res["majority"] <= 1

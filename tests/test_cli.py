@@ -1,0 +1,30 @@
+"""Bad input at the command line: one clear line, exit code 2, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.training_helpers import raw_params
+
+
+def _mllm(args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "mllm.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["filter", "--generated", "nope"], "nope has no manifest.json: run `mllm generate`"),
+    (["encode", "--filtered", "nope"], "nope/full holds no shards: run `mllm filter`"),
+    (["train", "--corpus", "nope"], "no warmup corpus shards under nope/warmup: run `mllm encode` first"),
+    (["train", "-S", "model.adapter=lora", "-S", "model.base=scratch"], "set model.adapter to 'full'"),
+    (["train", "-S", "train.stages=[]"], "train.stages"),
+])
+def test_stage_input_errors(tmp_path, venv_env, args, message):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params()))
+    res = _mllm(args, venv_env, tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "data").exists()
