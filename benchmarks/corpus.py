@@ -155,8 +155,7 @@ def measure_stages(n: int) -> dict:
         n_kept = read_shard(kept).num_rows
         tok = build_tokenizer(params.tokenizer.numbers)
         t0 = time.perf_counter()
-        stats = encode_shard(kept, tmp / "enc.parquet", tok, params.seed, params.encode.cutoff_len,
-                             params.encode.min_shots)
+        stats = encode_shard(kept, tmp / "enc.parquet", tok, params.seed, params.encode)
         t_encode = time.perf_counter() - t0
     return {"tasks": n, "kept": n_kept, "filter_s": t_filter, "encode_s": t_encode, "sequences": stats["sequences"],
             "tokens": stats["tokens"]}
@@ -177,7 +176,7 @@ def _pipeline_chunk(args) -> dict:
         shard = _gen_shard(tmp / "gen", start, n)
         filter_shard(shard, tmp / "filt", params.seed, params.filter)
         stats = encode_shard(tmp / "filt" / "full" / shard.name, tmp / "enc.parquet", tok, params.seed,
-                             params.encode.cutoff_len, params.encode.min_shots)
+                             params.encode)
     return {"tasks": n, "sequences": stats["sequences"]}
 
 

@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from flows.runners import api_shared_with_subprocesses, gather, make_task_runner
 from mllm import tracking
 from mllm.atomic import atomic_dir, write_text_atomic
-from mllm.config import load_params
+from mllm.config import EncodeParams, load_params
 from mllm.corpus import dumps, encode_shard, summarise
 from mllm.filter import FULL, WARMUP
 from mllm.tokenizer import load_tokenizer
@@ -20,10 +20,9 @@ SUMMARY = "summary.json"
 
 
 @task(name="encode-shard", task_run_name="encode-{corpus}-{shard_name}")
-def encode_shard_task(shard: str, shard_name: str, corpus: str, out_dir: str, tokenizer: str, seed: int,
-                      cutoff_len: int, min_shots: int) -> dict:
-    stats = encode_shard(shard, Path(out_dir) / corpus / shard_name, load_tokenizer(tokenizer), seed, cutoff_len,
-                         min_shots)
+def encode_shard_task(shard: str, shard_name: str, corpus: str, out_dir: str, seed: int, params: dict) -> dict:
+    ep = EncodeParams.model_validate(params)
+    stats = encode_shard(shard, Path(out_dir) / corpus / shard_name, load_tokenizer(ep.tokenizer), seed, ep)
     return {**stats, "corpus": corpus}
 
 
@@ -47,8 +46,7 @@ def encode_flow(params_path: str = "params.yaml", filtered: str = "data/filtered
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp, api_shared_with_subprocesses():
         futures = [
-            encode_shard_task.submit(str(s), s.name, corpus, str(tmp), ep.tokenizer, params.seed, ep.cutoff_len,
-                                     ep.min_shots)
+            encode_shard_task.submit(str(s), s.name, corpus, str(tmp), params.seed, ep.model_dump(mode="json"))
             for corpus, paths in shards.items() for s in paths
         ]
         stats = gather(futures, desc="encode")

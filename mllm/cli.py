@@ -167,6 +167,34 @@ def train(
     typer.echo(f"trained: {state}; final loss {s['final_loss']:.4f}; model -> {out}/model; MLflow run {s['run_id']}")
 
 
+@app.command("score-corpus")
+def score_corpus(
+    model: Annotated[str, typer.Option(help="trained model dir (full model or LoRA adapter)")],
+    corpus: Annotated[str, typer.Option(help="corpus dir of shard-*.parquet (e.g. data/corpus/full)")],
+    limit: Annotated[int, typer.Option(help="sequences to score")] = 200,
+) -> None:
+    """Label-scoring accuracy of a trained model on encoded (e.g. held-out synthetic) sequences, next to
+    the majority class of each task's shots. Teacher-forced: a quick progress measure, not the evaluation."""
+    import json
+    from pathlib import Path
+
+    from mllm.corpus import read_corpus
+    from mllm.model import ModelError, load_trained
+    from mllm.scoring import evaluate_corpus
+    from mllm.tokenizer import load_tokenizer
+
+    try:
+        m, tok = load_trained(model), load_tokenizer(model)
+    except (ModelError, FileNotFoundError) as err:
+        _fail(str(err), 2)
+    rows = []
+    for path in sorted(Path(corpus).glob("shard-*.parquet")):
+        rows.extend(read_corpus(path).select(["messages", "n_classes"]).to_pylist())
+    if not rows:
+        _fail(f"no corpus shards under {corpus}", 2)
+    typer.echo(json.dumps({"model": model, "sequences": min(limit, len(rows)), **evaluate_corpus(m, tok, rows[:limit])}))
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

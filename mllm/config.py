@@ -122,6 +122,7 @@ class EncodeParams(_Strict):
     tokenizer: str = Field(default="data/tokenizer", description="tokenizer dir, or a locally cached hub id")
     cutoff_len: int = Field(default=8192, ge=64, description="max tokens per sequence; shots are dropped to fit")
     min_shots: int = Field(default=8, ge=1, description="a task that cannot keep this many shots is skipped")
+    max_queries: int = Field(default=50, ge=1, le=50, description="query rows answered per sequence (the first ones)")
     n_workers: int = Field(default=1, ge=1)
 
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from mllm import prompt
 from mllm.atomic import atomic_path
+from mllm.config import EncodeParams
 from mllm.encoding import column_permutation, quantise
 from mllm.prior import Task
 from mllm.shards import iter_tasks, read_shard
@@ -86,29 +87,29 @@ def fit_to_budget(
     )
 
 
-def encode_task(task: Task, tokenizer, seed: int, cutoff_len: int, min_shots: int) -> Sequence:
-    """A synthetic task as one training sequence: quantised on its shot rows, columns in seeded order."""
-    s = task.n_shots
+def encode_task(task: Task, tokenizer, seed: int, ep: EncodeParams) -> Sequence:
+    """A synthetic task as one training sequence: quantised on its shot rows, columns in seeded order, its
+    first ``ep.max_queries`` query rows, as many shot rows as ``ep.cutoff_len`` allows."""
+    s, q = task.n_shots, min(task.n_queries, ep.max_queries)
     order = column_permutation(seed, task.task_id, task.n_features)
-    shots, queries = quantise(task.X[:s, order], task.X[s:, order])
-    return fit_to_budget(tokenizer, shots, task.y[:s], queries, task.y[s:], task.n_classes, cutoff_len,
-                         min(min_shots, s))
+    shots, queries = quantise(task.X[:s, order], task.X[s : s + q, order])
+    return fit_to_budget(tokenizer, shots, task.y[:s], queries, task.y[s : s + q], task.n_classes, ep.cutoff_len,
+                         min(ep.min_shots, s))
 
 
-def encode_shard(shard: str | Path, out_path: str | Path, tokenizer, seed: int, cutoff_len: int,
-                 min_shots: int) -> dict:
+def encode_shard(shard: str | Path, out_path: str | Path, tokenizer, seed: int, ep: EncodeParams) -> dict:
     """Encode one filtered shard into a corpus shard; returns counts (skipped tasks by reason)."""
     records, skipped = [], Counter()
     for task in iter_tasks(read_shard(shard)):
         try:
-            seq = encode_task(task, tokenizer, seed, cutoff_len, min_shots)
+            seq = encode_task(task, tokenizer, seed, ep)
         except ContextTooLong:
             skipped["context_too_long"] += 1
             continue
         records.append({
             "task_id": task.task_id, "prior": task.prior, "n_features": task.n_features,
             "n_classes": task.n_classes, "n_shots": seq.n_shots, "n_dropped": seq.n_dropped,
-            "n_queries": task.n_queries, "n_tokens": seq.n_tokens, "messages": seq.messages,
+            "n_queries": min(task.n_queries, ep.max_queries), "n_tokens": seq.n_tokens, "messages": seq.messages,
         })
     table = pa.Table.from_pylist(records, schema=CORPUS_SCHEMA)
     with atomic_path(out_path) as tmp:

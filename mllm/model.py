@@ -91,3 +91,19 @@ def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
     except ValueError as err:
         raise ModelError(f"LoRA target modules {mp.lora.target_modules!r} match nothing in model.base "
                          f"{mp.base!r}: {err}") from None
+
+
+def load_trained(path: str | Path):
+    """A trained model directory (``data/train/model``): a full model, or a LoRA adapter on its base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
+    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                dtype=torch.float32)

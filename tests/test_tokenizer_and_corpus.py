@@ -3,7 +3,7 @@ import pytest
 
 from mllm import prompt
 from mllm.corpus import ContextTooLong, count_tokens, encode_shard, encode_task, fit_to_budget, read_corpus
-from mllm.config import GenerateParams
+from mllm.config import EncodeParams, GenerateParams
 from mllm.prior import generate_task
 from mllm.shards import tasks_to_table, write_shard
 from mllm.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
@@ -94,7 +94,7 @@ def test_context_that_cannot_fit_is_refused(tok):
 def test_encode_task_round_trip_to_the_table(tok):
     p = GenerateParams(num_tasks=1, shard_size=1, shots={"min": 20, "max": 40}, features={"min": 5, "max": 8})
     task = generate_task(0, 3, p)
-    seq = encode_task(task, tok, seed=0, cutoff_len=100_000, min_shots=8)
+    seq = encode_task(task, tok, seed=0, ep=EncodeParams(cutoff_len=100_000, min_shots=8))
     back = prompt.parse_user_prompt(seq.messages[1]["content"])
     assert back["n_features"] == task.n_features and back["n_classes"] == task.n_classes
     np.testing.assert_array_equal(back["shot_labels"], task.y[: task.n_shots])
@@ -114,7 +114,8 @@ def test_encode_shard_writes_a_datasets_loadable_corpus(tmp_path, tok):
                        queries=50)
     tasks = [generate_task(1, i, p) for i in range(6)]
     write_shard(tasks_to_table(tasks), tmp_path / "in.parquet")
-    stats = encode_shard(tmp_path / "in.parquet", tmp_path / "out.parquet", tok, 1, cutoff_len=4000, min_shots=8)
+    stats = encode_shard(tmp_path / "in.parquet", tmp_path / "out.parquet", tok, 1,
+                         EncodeParams(cutoff_len=4000, min_shots=8))
     table = read_corpus(tmp_path / "out.parquet")
     assert stats["sequences"] == table.num_rows and stats["sequences"] + sum(stats["skipped"].values()) == 6
     assert stats["skipped"].get("context_too_long", 0) >= 1  # 50 queries x ~40 features exceed 4000 tokens
@@ -125,3 +126,13 @@ def test_encode_shard_writes_a_datasets_loadable_corpus(tmp_path, tok):
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out.parquet"), split="train")
     assert len(ds) == table.num_rows
     assert [m["role"] for m in ds[0]["messages"]] == ["system", "user", "assistant"]
+
+
+def test_max_queries_keeps_the_first_queries(tok):
+    p = GenerateParams(num_tasks=1, shard_size=1, shots={"min": 20, "max": 40}, features={"min": 5, "max": 8})
+    task = generate_task(0, 3, p)
+    seq = encode_task(task, tok, seed=0, ep=EncodeParams(cutoff_len=100_000, max_queries=7))
+    back = prompt.parse_user_prompt(seq.messages[1]["content"])
+    assert back["queries"].shape[0] == 7
+    np.testing.assert_array_equal(prompt.parse_answer(seq.messages[2]["content"], 7, task.n_classes),
+                                  task.y[task.n_shots:task.n_shots + 7])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from mllm.config import parse_params
+from mllm.config import EncodeParams, parse_params
 from mllm.corpus import encode_shard
 from mllm.prior import generate_task
 from mllm.shards import tasks_to_table, write_shard
@@ -39,7 +39,8 @@ def make_corpus(root: Path, n_tasks: int = 24, cutoff_len: int = 1024) -> tuple[
     write_shard(tasks_to_table(tasks), root / "tasks.parquet")
     for corpus in ("full", "warmup"):
         (root / "corpus" / corpus).mkdir(parents=True, exist_ok=True)
-        encode_shard(root / "tasks.parquet", root / "corpus" / corpus / "shard-00000.parquet", tok, 1, cutoff_len, 4)
+        encode_shard(root / "tasks.parquet", root / "corpus" / corpus / "shard-00000.parquet", tok, 1,
+                     EncodeParams(cutoff_len=cutoff_len, min_shots=4))
     return root / "tok", root / "corpus"
 
 
