@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, SHARED_DATASETS, machine, pinned  # noqa: E402
+from _common import ROOT, SHARED_DATASETS, machine, pinned
 
 SHOTS, QUERIES = 128, 50
 

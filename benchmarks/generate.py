@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, pinned  # noqa: E402
+from _common import ROOT, machine, pinned
 
 
 def _ours_params(num_tasks: int, shots: tuple[int, int] = (974, 974), queries: int = 50):

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.runners import api_shared_with_subprocesses, gather, make_task_runner
+from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
 from mllm import tracking
 from mllm.atomic import atomic_dir, write_text_atomic
 from mllm.config import EncodeParams, load_params
@@ -79,6 +79,6 @@ def run_encode(params_path: str = "params.yaml", filtered: str = "data/filtered"
     params = load_params(params_path, overrides)
     input_shards(filtered)
     load_tokenizer(params.encode.tokenizer)
-    runner = make_task_runner(params.encode.n_workers, params.runner.kind, params.runner.dask_address)
+    runner = runner_for(params, "encode")
     return encode_flow.with_options(task_runner=runner)(params_path=params_path, filtered=filtered, out=out,
                                                         metrics=metrics, overrides=overrides)

@@ -9,11 +9,19 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.runners import api_shared_with_subprocesses, gather, make_task_runner
+from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
 from mllm import tracking
 from mllm.atomic import atomic_dir
 from mllm.config import FilterParams, load_params
-from mllm.filter import SUMMARY, filter_shard, input_shards, report_expectations, summarise, write_report, write_summary
+from mllm.filter import (
+    SUMMARY,
+    filter_shard,
+    input_shards,
+    report_expectations,
+    summarise,
+    write_report,
+    write_summary,
+)
 from mllm.validation import require
 
 
@@ -80,7 +88,7 @@ def run_filter(params_path: str = "params.yaml", generated: str = "data/generate
     """Validate params and inputs first, then run the flow on ``filter.n_workers`` workers."""
     params = load_params(params_path, overrides)
     input_shards(generated)
-    runner = make_task_runner(params.filter.n_workers, params.runner.kind, params.runner.dask_address)
+    runner = runner_for(params, "filter")
     return filter_flow.with_options(task_runner=runner)(
         params_path=params_path, generated=generated, out=out, metrics=metrics, overrides=overrides
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.runners import api_shared_with_subprocesses, gather, make_task_runner
+from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
 from mllm import tracking
 from mllm.atomic import atomic_dir
 from mllm.config import GenerateParams, load_params
@@ -61,5 +61,5 @@ def generate_flow(params_path: str = "params.yaml", out: str = "data/generated",
 def run_generate(params_path: str = "params.yaml", out: str = "data/generated", overrides: dict | None = None) -> dict:
     """Validate params first (no Prefect, no work on bad input), then run the flow on ``n_workers`` workers."""
     params = load_params(params_path, overrides)
-    runner = make_task_runner(params.generate.n_workers, params.runner.kind, params.runner.dask_address)
+    runner = runner_for(params, "generate")
     return generate_flow.with_options(task_runner=runner)(params_path=params_path, out=out, overrides=overrides)

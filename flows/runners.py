@@ -26,6 +26,11 @@ def make_task_runner(n_workers: int, kind: str = "process", dask_address: str | 
     return ProcessPoolTaskRunner(max_workers=n_workers)
 
 
+def runner_for(params, stage: str) -> TaskRunner:
+    """The task runner of a fan-out stage: ``<stage>.n_workers`` workers of the kind ``runner`` says."""
+    return make_task_runner(getattr(params, stage).n_workers, params.runner.kind, params.runner.dask_address)
+
+
 @contextlib.contextmanager
 def api_shared_with_subprocesses() -> Iterator[None]:
     """Point process-pool workers at this flow's Prefect API.

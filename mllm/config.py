@@ -30,7 +30,7 @@ class IntRange(_Strict):
     max: int = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
+    def _ordered(self) -> IntRange:
         if self.min > self.max:
             raise ValueError(f"min {self.min} > max {self.max}")
         return self
@@ -91,7 +91,7 @@ class FloatRange(_Strict):
     max: float
 
     @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
+    def _ordered(self) -> FloatRange:
         if self.min > self.max:
             raise ValueError(f"min {self.min} > max {self.max}")
         return self
@@ -137,7 +137,7 @@ class TinyModelParams(_Strict):
     max_positions: int = Field(default=8192, ge=64)
 
     @model_validator(mode="after")
-    def _heads(self) -> "TinyModelParams":
+    def _heads(self) -> TinyModelParams:
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
         if self.heads % self.kv_heads:
@@ -160,7 +160,7 @@ class ModelParams(_Strict):
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
-    def _scratch_is_full(self) -> "ModelParams":
+    def _scratch_is_full(self) -> ModelParams:
         if self.base == "scratch" and self.adapter != "full":
             raise ValueError("base 'scratch' (random init) trains all weights: set model.adapter to 'full'")
         return self

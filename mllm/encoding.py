@@ -60,17 +60,17 @@ def ordinal_encode(shots: pd.DataFrame, queries: pd.DataFrame | None = None) -> 
                 out_q[:, j] = pd.to_numeric(queries[col], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
             continue
         categorical[j] = True
-        cats = sorted({str(v) for v in s.dropna()})
-        lookup = {c: i for i, c in enumerate(cats)}
-        unseen, missing = len(cats), len(cats) + 1
-
-        def code(series: pd.Series) -> np.ndarray:
-            return np.array([missing if pd.isna(v) else lookup.get(str(v), unseen) for v in series], dtype=np.float64)
-
-        out_s[:, j] = code(s)
+        lookup = {c: i for i, c in enumerate(sorted({str(v) for v in s.dropna()}))}
+        out_s[:, j] = _ordinal_codes(s, lookup)
         if out_q is not None:
-            out_q[:, j] = code(queries[col])
+            out_q[:, j] = _ordinal_codes(queries[col], lookup)
     return out_s, out_q, categorical
+
+
+def _ordinal_codes(series: pd.Series, lookup: dict[str, int]) -> np.ndarray:
+    """Codes of ``lookup``; ``len(lookup)`` for a category it has not seen, ``len(lookup) + 1`` for missing."""
+    unseen, missing = len(lookup), len(lookup) + 1
+    return np.array([missing if pd.isna(v) else lookup.get(str(v), unseen) for v in series], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class LabelMap:
     classes: np.ndarray
 
     @classmethod
-    def fit(cls, shot_labels) -> "LabelMap":
+    def fit(cls, shot_labels) -> LabelMap:
         return cls(np.unique(np.asarray(shot_labels)))
 
     @property

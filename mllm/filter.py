@@ -8,12 +8,12 @@ from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sklearn
-import great_expectations.expectations as gxe
 from threadpoolctl import threadpool_limits
 
 from mllm.atomic import atomic_path, write_text_atomic
@@ -100,7 +100,7 @@ def summarise(report: pd.DataFrame) -> dict:
     """Kept share, rejects by rule, and kept share by prior and by K."""
     rejects = Counter(report.loc[~report.kept, "failed_rule"])
     return {
-        "tasks": int(len(report)),
+        "tasks": len(report),
         "kept": int(report.kept.sum()),
         "kept_share": float(report.kept.mean()) if len(report) else 0.0,
         "warmup_tasks": int((report.warmup_rows > 0).sum()),

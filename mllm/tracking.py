@@ -30,7 +30,7 @@ def _experiment_id(mlflow, name: str, root: Path) -> str:
         artifact_location = (root / "mlruns").as_uri()  # artifacts beside the store, inside the repo
     try:
         return mlflow.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # another process created it first
+    except mlflow.exceptions.MlflowException:  # another process created it first
         return mlflow.get_experiment_by_name(name).experiment_id
 
 

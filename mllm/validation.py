@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
-from great_expectations.data_context.types.base import ProgressBarsConfig
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from mllm.config import GenerateParams
 from mllm.errors import StageFailed
-
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)  # silence per-check "docs site" notes
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from mllm import prompt
-from mllm.corpus import ContextTooLong, count_tokens, encode_shard, encode_task, fit_to_budget, read_corpus
 from mllm.config import EncodeParams, GenerateParams
+from mllm.corpus import ContextTooLong, count_tokens, encode_shard, encode_task, fit_to_budget, read_corpus
 from mllm.prior import generate_task
 from mllm.shards import tasks_to_table, write_shard
 from mllm.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
