@@ -66,6 +66,13 @@ def load_base(mp: ModelParams, tokenizer, seed: int):
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"model.base {mp.base!r} cannot be loaded from local files (nothing is downloaded): {err}") from None
+    own = Path(name) / "tokenizer.json"
+    if own.is_file():  # a base that ships its tokenizer must be fed by that tokenizer's vocabulary
+        from mllm.tokenizer import load_tokenizer
+
+        if load_tokenizer(Path(name)).get_vocab() != tokenizer.get_vocab():
+            raise ModelError(f"the tokenizer (encode.tokenizer) is not the one model.base {mp.base!r} was trained "
+                             f"with ({name}); re-encode with encode.tokenizer pointing at {name}")
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ModelError(
             f"model.base {mp.base!r} has {model.get_input_embeddings().weight.shape[0]} embeddings but the tokenizer "

@@ -207,3 +207,17 @@ def test_label_scoring_reads_label_positions(tmp_path, data, tok):
     assert len(set(label_token_ids(tok, 10))) == 10
     res = evaluate_corpus(model, tok, [row])
     assert res["queries"] == row["n_queries"] and 0 <= res["accuracy"] <= 1 and 0 < res["majority"] <= 1
+
+
+def test_corpus_with_no_sequences_is_refused(tmp_path, data):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mllm.corpus import CORPUS_SCHEMA
+
+    tok_dir, _ = data
+    for name in ("warmup", "full"):
+        (tmp_path / "c" / name).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([], schema=CORPUS_SCHEMA), tmp_path / "c" / name / "shard-00000.parquet")
+    with pytest.raises(TrainingError, match="the warmup corpus is empty"):
+        run_training(parse_params(raw_params()), tmp_path / "c", str(tok_dir), tmp_path / "out")

@@ -1,0 +1,95 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from mllm import prompt
+from mllm.config import parse_params
+from mllm.model import load_base
+from mllm.predict import PredictionError, Predictor, answer_piece, encode_tables
+from mllm.tokenizer import build_tokenizer
+from tests.training_helpers import raw_params
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return load_base(parse_params(raw_params()).model, tok, seed=0)
+
+
+def _tables(n=40, m=12, d=3, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    ctx = pd.DataFrame(rng.normal(size=(n, d)), columns=[f"f{i}" for i in range(d)])
+    ctx["color"] = rng.choice(["red", "blue"], size=n)
+    qry = pd.DataFrame(rng.normal(size=(m, d)), columns=[f"f{i}" for i in range(d)])
+    qry["color"] = rng.choice(["red", "blue", "green"], size=m)
+    y = rng.choice([f"c{i}" for i in range(k)], size=n)
+    return ctx, y, qry
+
+
+def test_piecewise_tokens_equal_the_training_sequence(tok):
+    """prefix + suffix + answer pieces (with the true labels) tokenize exactly like the training text."""
+    ctx, y, qry = _tables()
+    enc = encode_tables(ctx, y, qry)
+    truth = np.arange(qry.shape[0]) % 3
+    p = Predictor.__new__(Predictor)
+    p.tokenizer = tok
+    ids = p._ids(p._prefix_text(enc.shots, enc.shot_ids, 3)) + p._ids(p._suffix_text(enc.queries))
+    for i, k in enumerate(truth):
+        ids += p._ids(answer_piece(i)) + [tok.convert_tokens_to_ids(str(k))]
+    ids += p._ids("}]<|im_end|>\n")
+    msgs = prompt.messages(enc.shots, enc.shot_ids, enc.queries, 3, truth)
+    assert ids == p._ids(tok.apply_chat_template(msgs, tokenize=False))
+
+
+def test_prefix_cache_matches_full_forward(tok, model):
+    """Scores with the cached prefix equal scores from one uncached forward pass over the whole sequence."""
+    import torch
+
+    ctx, y, qry = _tables(m=4)
+    enc = encode_tables(ctx, y, qry)
+    pred = Predictor(model, tok, max_queries=50)
+    probs = pred.predict_proba_encoded(enc)
+    assert probs.shape == (4, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # rebuild the sequence with the predictor's own choices and score it in one pass
+    chosen = probs.argmax(axis=1)
+    ids = pred._ids(pred._prefix_text(enc.shots, enc.shot_ids, 3)) + pred._ids(pred._suffix_text(enc.queries))
+    positions = []
+    cand = [tok.convert_tokens_to_ids(str(k)) for k in range(3)]
+    for i, k in enumerate(chosen):
+        ids += pred._ids(answer_piece(i))
+        positions.append(len(ids) - 1)
+        ids += [cand[k]]
+    with torch.no_grad():
+        logits = model(input_ids=torch.as_tensor([ids])).logits[0]
+    full = torch.softmax(logits[positions][:, cand].float(), dim=-1).numpy()
+    np.testing.assert_allclose(probs, full, atol=1e-4)
+
+
+def test_chunks_and_ensemble(tok, model):
+    ctx, y, qry = _tables(m=7)
+    classes, probs = Predictor(model, tok, max_queries=3, n_ensemble=2).predict_proba(ctx, y, qry)
+    assert list(classes) == ["c0", "c1", "c2"] and probs.shape == (7, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c, y, q: (c.iloc[:0], y[:0], q), "no rows"),
+    (lambda c, y, q: (c, np.array(["a"] * len(c)), q), "single class"),
+    (lambda c, y, q: (c, np.array([f"c{i % 11}" for i in range(len(c))]), q), "11 classes; at most 10"),
+    (lambda c, y, q: (c, y, q.iloc[:0]), "no rows to predict"),
+])
+def test_bad_tables(tok, model, mutate, message):
+    ctx, y, qry = _tables()
+    with pytest.raises(PredictionError, match=message):
+        Predictor(model, tok).predict_proba(*mutate(ctx, y, qry))
+
+
+def test_context_that_does_not_fit(tok, model):
+    ctx, y, qry = _tables(n=400, d=8)
+    with pytest.raises(PredictionError, match="does not fit"):
+        Predictor(model, tok, cutoff_len=1024).predict_proba(ctx, y, qry)

@@ -1,0 +1,41 @@
+"""The committed embedded base: complete, loadable, fed by the tokenizer the pipeline builds."""
+
+import json
+
+import pytest
+
+from mllm.config import parse_params
+from mllm.model import TINY_BASE_DIR, ModelError, load_base
+from mllm.tokenizer import build_tokenizer, load_tokenizer
+from mllm.train import run_training
+from tests.training_helpers import make_corpus, raw_params
+
+pytestmark = pytest.mark.skipif(not (TINY_BASE_DIR / "config.json").is_file(), reason="no committed tiny base")
+
+
+def test_base_is_complete_and_documented():
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "training_log.json",
+                 "params.yaml"):
+        assert (TINY_BASE_DIR / name).is_file(), name
+    log = json.loads((TINY_BASE_DIR / "training_log.json").read_text())
+    assert log["history"] and log["tokens_this_run"] > 0
+
+
+def test_pipeline_tokenizer_is_the_base_tokenizer():
+    assert load_tokenizer(TINY_BASE_DIR).get_vocab() == build_tokenizer("whole").get_vocab()
+
+
+def test_base_loads_and_rejects_a_foreign_tokenizer():
+    mp = parse_params(raw_params(model={"base": "tiny", "adapter": "full"})).model
+    model = load_base(mp, build_tokenizer("whole"), seed=0)
+    assert model.config.max_position_embeddings >= 2048
+    with pytest.raises(ModelError, match="not the one model.base 'tiny' was trained with"):
+        load_base(mp, build_tokenizer("digits"), seed=0)
+
+
+def test_continue_pretraining_the_base_with_lora(tmp_path):
+    tok_dir, corpus = make_corpus(tmp_path)
+    params = parse_params(raw_params(model={"base": "tiny", "adapter": "lora"}))
+    s = run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    assert s["complete"] and s["trainable_params"] < s["total_params"] / 10
+    assert (tmp_path / "out" / "model" / "adapter_model.safetensors").is_file()
