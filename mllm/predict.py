@@ -66,11 +66,12 @@ class Predictor:
     """Label probabilities from a causal LM and its tokenizer (see module docstring)."""
 
     def __init__(self, model, tokenizer, max_queries: int = 50, n_ensemble: int = 1, seed: int = 0,
-                 cutoff_len: int | None = None):
+                 cutoff_len: int | None = None, cache_prefix: bool = True):
         if not 1 <= max_queries <= prompt.MAX_QUERIES:
             raise PredictionError(f"max_queries must be 1..{prompt.MAX_QUERIES}, got {max_queries}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_queries, self.n_ensemble, self.seed = max_queries, n_ensemble, seed
+        self.cache_prefix = cache_prefix  # off only to measure what the cache saves
         self.cutoff_len = cutoff_len or getattr(model.config, "max_position_embeddings", None)
 
     # -- one sequence family: a prefix, then chunks of queries ---------------------------------------
@@ -97,7 +98,7 @@ class Predictor:
 
         probs = np.zeros((queries.shape[0], len(cand)))
         pending = self._ids(self._suffix_text(queries))
-        past = copy.deepcopy(cache) if cache is not None else None
+        past = copy.deepcopy(cache) if self.cache_prefix else cache  # chunks must not extend the shared cache
         pos = prefix_len
         for i in range(queries.shape[0]):
             pending += self._ids(answer_piece(i))
@@ -110,6 +111,12 @@ class Predictor:
             pending = [cand[int(p.argmax())]]
         return probs
 
+    def _run_prefix(self, prefix: list[int]):
+        import torch
+
+        with torch.no_grad():
+            return self.model(input_ids=torch.as_tensor([prefix]), use_cache=True).past_key_values
+
     def _fits(self, n_prefix: int, n_rows: int, d: int) -> bool:
         if self.cutoff_len is None:
             return True
@@ -118,8 +125,6 @@ class Predictor:
 
     def predict_proba_encoded(self, enc: Encoded) -> np.ndarray:
         """(n_queries, K) probabilities, averaged over ``n_ensemble`` seeded row/column permutations."""
-        import torch
-
         k = enc.labels.n_classes
         cand = label_token_ids(self.tokenizer, k)
         total = np.zeros((enc.queries.shape[0], k))
@@ -137,10 +142,10 @@ class Predictor:
                     f"the context ({shots.shape[0]} rows x {shots.shape[1]} features, {len(prefix)} tokens) does not "
                     f"fit the model's {self.cutoff_len}-token context with even one query row"
                 )
-            with torch.no_grad():
-                cache = self.model(input_ids=torch.as_tensor([prefix]), use_cache=True).past_key_values
+            cache = self._run_prefix(prefix) if self.cache_prefix else None
             for start in range(0, queries.shape[0], chunk):
-                total[start:start + chunk] += self._score_chunk(cache, len(prefix), queries[start:start + chunk], cand)
+                c = cache if self.cache_prefix else self._run_prefix(prefix)
+                total[start:start + chunk] += self._score_chunk(c, len(prefix), queries[start:start + chunk], cand)
         return total / self.n_ensemble
 
     def predict_proba(self, context: pd.DataFrame, y_context, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -93,3 +93,11 @@ def test_context_that_does_not_fit(tok, model):
     ctx, y, qry = _tables(n=400, d=8)
     with pytest.raises(PredictionError, match="does not fit"):
         Predictor(model, tok, cutoff_len=1024).predict_proba(ctx, y, qry)
+
+
+def test_without_prefix_cache_same_probabilities(tok, model):
+    ctx, y, qry = _tables(m=5)
+    enc = encode_tables(ctx, y, qry)
+    a = Predictor(model, tok, max_queries=2).predict_proba_encoded(enc)
+    b = Predictor(model, tok, max_queries=2, cache_prefix=False).predict_proba_encoded(enc)
+    np.testing.assert_allclose(a, b, atol=1e-5)

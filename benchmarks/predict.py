@@ -1,0 +1,97 @@
+"""In-context prediction: speed of the prefix cache, and the tiny model's learning curve on real tables.
+
+    python benchmarks/predict.py [--quick] [--model models/tiny-base]
+
+(1) Wall time per predicted row on the default model at M = 128 shots: 50 queries per sequence with the
+shared prefix's KV cache, vs one query per prompt (the whole prompt run again for every row), same table,
+same run. (2) Accuracy vs number of shots on ../shared/datasets (tables whose context fits the model),
+next to kNN (k=8, distance), RandomForest (30 trees) and the majority class, on the same splits and shots.
+The last line is the speed ratio (one-per-prompt time / cached time per row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, SHARED_DATASETS, machine  # noqa: E402
+
+
+def _model(path: str):
+    from mllm.model import load_trained
+    from mllm.tokenizer import load_tokenizer
+
+    return load_trained(path), load_tokenizer(path)
+
+
+def speed(model, tok, n_rows: int, repeats: int) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    from mllm.predict import Predictor, encode_tables
+
+    rng = np.random.default_rng(0)
+    d = 8
+    ctx = pd.DataFrame(rng.normal(size=(128, d)))
+    y = rng.integers(0, 3, size=128)
+    qry = pd.DataFrame(rng.normal(size=(n_rows, d)))
+    enc = encode_tables(ctx, y, qry)
+    out = {}
+    for name, pred in (("cached_50", Predictor(model, tok, max_queries=50)),
+                       ("one_per_prompt", Predictor(model, tok, max_queries=1, cache_prefix=False))):
+        pred.predict_proba_encoded(encode_tables(ctx, y, qry.iloc[:2]))  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            pred.predict_proba_encoded(enc)
+        out[name] = (time.perf_counter() - t0) / (repeats * n_rows)
+    return out
+
+
+def learning_curve(model, tok, shots: list[int], seeds: list[int], max_test: int, max_tables: int) -> "object":
+    import pandas as pd
+
+    from mllm.evaluate import baseline, evaluate_dataset, load_table
+    from mllm.predict import Predictor
+
+    pred = Predictor(model, tok, max_queries=10)
+    models = {"mllm": pred.predict_proba, "knn": baseline("knn", 0), "random_forest": baseline("random_forest", 0),
+              "majority": baseline("majority", 0)}
+    rows, used = [], []
+    for path in sorted(SHARED_DATASETS.glob("*.csv")):
+        X, y = load_table(path)
+        if X.shape[1] > 12 or y.nunique() > 10:
+            continue  # keep to tables whose 128-shot context fits the tiny model's 2048 tokens
+        used.append(path.stem)
+        rows += evaluate_dataset(path.stem, X, y, models, shots, seeds, max_test=max_test)
+        if len(used) >= max_tables:
+            break
+    return pd.DataFrame(rows), used
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a faithful run in about a minute")
+    ap.add_argument("--model", default=str(ROOT / "models" / "tiny-base"), help="trained model dir")
+    args = ap.parse_args()
+    model, tok = _model(args.model)
+    n_rows, repeats = (50, 1) if args.quick else (50, 3)
+    shots, seeds, max_test, max_tables = ([8, 32, 128], [0], 30, 3) if args.quick else ([8, 16, 32, 64, 128], [0, 1], 50, 12)
+
+    curve, used = learning_curve(model, tok, shots, seeds, max_test, max_tables)
+    sp = speed(model, tok, n_rows, repeats)
+    print(f"machine: {machine()}; model {args.model}")
+    print(f"learning curve: mean accuracy over {len(used)} tables ({', '.join(used)}), "
+          f"{len(seeds)} seed(s), up to {max_test} test rows each")
+    table = curve.groupby(["shots", "model"]).accuracy.mean().unstack("model")
+    print(table.round(3).to_string())
+    print(f"per row at M=128: cached 50 queries/sequence {sp['cached_50'] * 1000:.1f} ms, "
+          f"one query per prompt {sp['one_per_prompt'] * 1000:.1f} ms")
+    print(f"prefix cache + 50 queries per sequence vs one query per prompt: ratio "
+          f"{sp['one_per_prompt'] / sp['cached_50']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
