@@ -94,7 +94,7 @@ def build_tokenizer(numbers: str = "whole"):
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -102,22 +102,37 @@ def build_tokenizer(numbers: str = "whole"):
         model_max_length=1 << 20,
         clean_up_tokenization_spaces=False,
     )
+    out.mllm_numbers = numbers
+    return out
 
 
-def save_tokenizer(tokenizer, out_dir: str | Path, numbers: str) -> None:
+MARKER = "mllm_tokenizer.json"
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path, numbers: str | None = None) -> None:
+    """Save a tokenizer; the embedded one also gets its marker file, so it is always loaded as saved."""
     out_dir = Path(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "mllm_tokenizer.json").write_text(json.dumps({"numbers": numbers, "vocab_size": len(tokenizer)}) + "\n")
+    numbers = numbers or getattr(tokenizer, "mllm_numbers", None)
+    if numbers:
+        (out_dir / MARKER).write_text(json.dumps({"numbers": numbers, "vocab_size": len(tokenizer)}) + "\n")
 
 
 def load_tokenizer(name_or_path: str | Path):
     """A tokenizer from a local directory (the embedded one, or any saved HF tokenizer) or a hub id that is
     already in the local cache. Never downloads: a missing tokenizer is an error that names it."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else str(name_or_path), local_files_only=True)
+        if (path / MARKER).is_file():
+            # The embedded tokenizer is loaded exactly as saved: beside a Qwen2 config.json, AutoTokenizer
+            # would substitute Qwen2's own pre-tokenizer (digits split one by one).
+            tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+            tok.mllm_numbers = json.loads((path / MARKER).read_text())["numbers"]
+        else:
+            tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else str(name_or_path),
+                                                local_files_only=True)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"tokenizer {name_or_path!r} not found locally (nothing is downloaded at run time): {err}"

@@ -118,7 +118,7 @@ def run_training(
     from transformers import get_cosine_schedule_with_warmup
 
     from mllm.model import add_adapter, load_base
-    from mllm.tokenizer import load_tokenizer
+    from mllm.tokenizer import load_tokenizer, save_tokenizer
 
     tp, out_dir = params.train, Path(out_dir)
     tokenizer = load_tokenizer(tokenizer_path)
@@ -243,7 +243,7 @@ def run_training(
         final = out_dir / FINAL
         shutil.rmtree(final, ignore_errors=True)
         accelerator.unwrap_model(model).save_pretrained(final, safe_serialization=True)
-        tokenizer.save_pretrained(final)
+        save_tokenizer(tokenizer, final)
         (final / "mllm_model.json").write_text(json.dumps({
             "base": params.model.base, "adapter": params.model.adapter, "tokenizer": tokenizer_path,
         }, indent=2) + "\n")

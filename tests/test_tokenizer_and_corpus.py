@@ -136,3 +136,16 @@ def test_max_queries_keeps_the_first_queries(tok):
     assert back["queries"].shape[0] == 7
     np.testing.assert_array_equal(prompt.parse_answer(seq.messages[2]["content"], 7, task.n_classes),
                                   task.y[task.n_shots:task.n_shots + 7])
+
+
+def test_embedded_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path, tok):
+    """A model dir has a Qwen2 config.json; the embedded tokenizer in it must keep its own number tokens."""
+    from mllm.config import parse_params
+    from mllm.model import load_base
+    from tests.training_helpers import raw_params
+
+    load_base(parse_params(raw_params()).model, tok, seed=0).save_pretrained(tmp_path)
+    save_tokenizer(tok, tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.tokenize("512,7|1") == ["512", ",", "7", "|", "1"]
+    assert loaded.get_vocab() == tok.get_vocab()
