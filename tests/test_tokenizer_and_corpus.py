@@ -35,8 +35,9 @@ def test_template_words_are_single_tokens(tok):
     toks = tok.tokenize(prompt.SYSTEM_PROMPT)
     assert toks[:4] == ["You", "Ġare", "Ġan", "ĠAI"] and "Ġsupervised" in toks and "Ġclassification" in toks
     assert len(tok.tokenize("[Training set]")) <= 4
-    assert tok.tokenize('{"id":12,"label":3}') == ['{"', "id", '":', "12", ",\"", "label", '":', "3", "}"] or \
-        len(tok.tokenize('{"id":12,"label":3}')) <= 10
+    # the answer as the model writes it: 8 tokens per query row, each label one token
+    assert tok.tokenize('[{"id":0,"label":1},{"id":1,"label":0}]') == [
+        '[{"', "id", '":', "0", ',"', "label", '":', "1", '},{"', "id", '":', "1", ',"', "label", '":', "0", "}]"]
 
 
 def test_any_text_round_trips(tok):
