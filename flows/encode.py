@@ -10,9 +10,9 @@ from prefect.runtime import flow_run
 
 from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
 from mllm import tracking
-from mllm.atomic import atomic_dir, write_text_atomic
+from mllm.atomic import atomic_dir, write_json_atomic
 from mllm.config import EncodeParams, load_params
-from mllm.corpus import dumps, encode_shard, summarise
+from mllm.corpus import encode_shard, summarise
 from mllm.filter import FULL, WARMUP
 from mllm.tokenizer import load_tokenizer
 
@@ -53,10 +53,10 @@ def encode_flow(params_path: str = "params.yaml", filtered: str = "data/filtered
         summary = {c: summarise([s for s in stats if s["corpus"] == c]) for c in (FULL, WARMUP)}
         summary["tokenizer"] = ep.tokenizer
         summary["cutoff_len"] = ep.cutoff_len
-        write_text_atomic(Path(tmp) / SUMMARY, dumps(summary))
+        write_json_atomic(Path(tmp) / SUMMARY, summary)
     seconds = time.perf_counter() - t0
     if metrics:
-        write_text_atomic(metrics, dumps(summary))
+        write_json_atomic(metrics, summary)
     n_seq = summary[FULL]["sequences"] + summary[WARMUP]["sequences"]
     logger.info("encoded %d full + %d warm-up sequences (%d tokens) in %.1fs", summary[FULL]["sequences"],
                 summary[WARMUP]["sequences"], summary[FULL]["tokens"] + summary[WARMUP]["tokens"], seconds)

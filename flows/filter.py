@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 
 from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
 from mllm import tracking
-from mllm.atomic import atomic_dir
+from mllm.atomic import atomic_dir, write_json_atomic
 from mllm.config import FilterParams, load_params
 from mllm.filter import (
     SUMMARY,
@@ -20,7 +20,6 @@ from mllm.filter import (
     report_expectations,
     summarise,
     write_report,
-    write_summary,
 )
 from mllm.validation import require
 
@@ -55,10 +54,10 @@ def filter_flow(
         summary = summarise(report)
         summary["checks"] = {"expectations_evaluated": check.evaluated, "expectations_failed": check.failed}
         write_report(report, tmp)
-        write_summary(summary, Path(tmp) / SUMMARY)
+        write_json_atomic(Path(tmp) / SUMMARY, summary)
     seconds = time.perf_counter() - t0
     if metrics:
-        write_summary(summary, metrics)
+        write_json_atomic(metrics, summary)
     logger.info("kept %d of %d tasks (%.1f%%); warm-up: %d tasks, %d rows; %.1f tasks/s",
                 summary["kept"], summary["tasks"], 100 * summary["kept_share"], summary["warmup_tasks"],
                 summary["warmup_rows"], summary["tasks"] / seconds)

@@ -25,15 +25,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class IntRange(_Strict):
-    min: int = Field(ge=0)
-    max: int = Field(ge=0)
+class _Range(_Strict):
+    """A ``{min, max}`` pair with min <= max; subclasses give the value type."""
 
     @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
+    def _ordered(self):
         if self.min > self.max:
             raise ValueError(f"min {self.min} > max {self.max}")
         return self
+
+
+class IntRange(_Range):
+    min: int = Field(ge=0)
+    max: int = Field(ge=0)
 
 
 class GenerateParams(_Strict):
@@ -86,15 +90,9 @@ class GenerateParams(_Strict):
         return v
 
 
-class FloatRange(_Strict):
+class FloatRange(_Range):
     min: float
     max: float
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.min > self.max:
-            raise ValueError(f"min {self.min} > max {self.max}")
-        return self
 
 
 class FilterParams(_Strict):

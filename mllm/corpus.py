@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +150,3 @@ def summarise(stats: list[dict]) -> dict:
         "skipped": dict(skipped),
     }
 
-
-def dumps(summary: dict) -> str:
-    return json.dumps(summary, indent=2, sort_keys=True) + "\n"

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from mllm.encoding import LabelMap, ordinal_encode, quantise
+from mllm.encoding import LabelMap, ordinal_encode
 from mllm.errors import InputError
 
 PredictFn = Callable[[pd.DataFrame, np.ndarray, pd.DataFrame], tuple[np.ndarray, np.ndarray]]
@@ -104,10 +104,6 @@ def baseline(name: str, seed: int) -> PredictFn:
 
 
 BASELINES = ("random_forest", "knn", "xgboost", "logistic_regression", "majority")
-
-
-def mllm_model(predictor) -> PredictFn:
-    return predictor.predict_proba
 
 
 def metrics(y_true: np.ndarray, classes: np.ndarray, proba: np.ndarray) -> dict[str, float]:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import sklearn
 from threadpoolctl import threadpool_limits
 
-from mllm.atomic import atomic_path, write_text_atomic
+from mllm.atomic import atomic_path
 from mllm.config import FilterParams
 from mllm.generate import MANIFEST
 from mllm.prior import Task
@@ -117,8 +117,3 @@ def write_report(report: pd.DataFrame, out_dir: str | Path) -> None:
     with atomic_path(Path(out_dir) / REPORT) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
-
-def write_summary(summary: dict, *paths: str | Path) -> None:
-    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-    for path in paths:
-        write_text_atomic(path, text)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from mllm.atomic import write_text_atomic
+from mllm.atomic import write_json_atomic
 from mllm.config import GenerateParams
 from mllm.prior import generate_task
 from mllm.shards import shard_name, tasks_to_table, write_shard
@@ -71,4 +70,4 @@ def summarise(shard_stats: list[dict], p: GenerateParams, seed: int, seconds: fl
 
 
 def write_manifest(out_dir: str | Path, manifest: dict) -> None:
-    write_text_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(Path(out_dir) / MANIFEST, manifest)

@@ -21,7 +21,7 @@ def tracking_uri(root: str | Path | None = None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def _experiment_id(mlflow, name: str, root: Path) -> str:
+def experiment_id(mlflow, name: str, root: Path) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -52,7 +52,7 @@ def run(stage: str, root: str | Path | None = None, experiment: str = EXPERIMENT
 
     root = Path(root or Path.cwd()).resolve()
     mlflow.set_tracking_uri(tracking_uri(root))
-    exp_id = _experiment_id(mlflow, experiment, root)
+    exp_id = experiment_id(mlflow, experiment, root)
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags={"mllm.stage": stage, **(tags or {})}):
         yield mlflow
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllm.atomic import write_text_atomic
+from mllm.atomic import write_json_atomic
 from mllm.config import Params
 from mllm.errors import InputError
 from mllm.training_data import CorpusDataset, collate, corpus_lengths
@@ -200,7 +200,7 @@ def run_training(
                 if log and accelerator.is_main_process and step % tp.log_every == 0:
                     log({f"{stage.name}/loss": last_loss, f"{stage.name}/lr": scheduler.get_last_lr()[0],
                          "tokens_per_s": tokens / dt if dt > 0 else 0.0, "loss": last_loss},
-                        _global_step(tp, si, step))
+                        _global_step(si, step))
                 history.append({"stage": stage.name, "step": step, "loss": last_loss})
                 window_loss, window_tokens, t_window = [], 0, time.perf_counter()
                 if STEP_DELAY:
@@ -247,7 +247,7 @@ def run_training(
         (final / "mllm_model.json").write_text(json.dumps({
             "base": params.model.base, "adapter": params.model.adapter, "tokenizer": tokenizer_path,
         }, indent=2) + "\n")
-        write_text_atomic(out_dir / SUMMARY, json.dumps({**summary, "history": history}, indent=2) + "\n")
+        write_json_atomic(out_dir / SUMMARY, {**summary, "history": history})
     accelerator.wait_for_everyone()
     return summary
 
@@ -262,7 +262,7 @@ def _past(accelerator, t_start: float, budget: float | None) -> bool:
     return bool(accelerator.reduce(flag, reduction="max").item())
 
 
-def _global_step(tp, stage_index: int, step: int) -> int:
+def _global_step(stage_index: int, step: int) -> int:
     return stage_index * 1_000_000 + step  # MLflow steps stay ordered across stages
 
 
@@ -274,7 +274,7 @@ def _save_checkpoint(accelerator, out_dir: Path, stage: int, step: int, fp: str)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         old = json.loads((root / STATE).read_text())["dir"] if (root / STATE).is_file() else None
-        write_text_atomic(root / STATE, json.dumps({"dir": name, "stage": stage, "step": step, "fingerprint": fp}) + "\n")
+        write_json_atomic(root / STATE, {"dir": name, "stage": stage, "step": step, "fingerprint": fp})
         if old and old != name:
             shutil.rmtree(root / old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from mllm.atomic import write_text_atomic
+from mllm.atomic import write_json_atomic
 
 RUN_FILE = "mlflow_run.json"
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_artifacts(str(out / "model"), artifact_path="model")
         mlflow.log_artifact(str(out / "train_summary.json"))
         mlflow.end_run()
-        write_text_atomic(out / RUN_FILE, json.dumps({"run_id": run, "finished": summary["complete"]}) + "\n")
+        write_json_atomic(out / RUN_FILE, {"run_id": run, "finished": summary["complete"]})
     return 0
 
 
@@ -88,14 +88,14 @@ def _start_mlflow(params, out: Path, fresh: bool) -> str:
     if prev and not prev.get("finished"):
         mlflow.start_run(run_id=prev["run_id"])
         return prev["run_id"]
-    exp = tracking._experiment_id(mlflow, tracking.EXPERIMENT, Path.cwd())
+    exp = tracking.experiment_id(mlflow, tracking.EXPERIMENT, Path.cwd())
     active = mlflow.start_run(experiment_id=exp, run_name="train", tags={"mllm.stage": "train"})
     mlflow.log_params(tracking.flatten({"seed": params.seed, "model": params.model.model_dump(mode="json"),
                                         "train": {k: v for k, v in params.train.model_dump(mode="json").items()
                                                   if k != "stages"}}))
     for i, st in enumerate(params.train.stages):
         mlflow.log_params(tracking.flatten(st.model_dump(mode="json"), prefix=f"train.stage{i}."))
-    write_text_atomic(run_file, json.dumps({"run_id": active.info.run_id, "finished": False}) + "\n")
+    write_json_atomic(run_file, {"run_id": active.info.run_id, "finished": False})
     return active.info.run_id
 
 
