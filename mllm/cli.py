@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -165,6 +166,123 @@ def train(
     s = _run(params, set_, start)
     state = "complete" if s["complete"] else "stopped at the time budget (rerun to continue)"
     typer.echo(f"trained: {state}; final loss {s['final_loss']:.4f}; model -> {out}/model; MLflow run {s['run_id']}")
+
+
+@app.command()
+def evaluate(
+    params: ParamsOpt = "params.yaml",
+    model: Annotated[str, typer.Option(help="trained model dir")] = "data/train/model",
+    out: Annotated[str, typer.Option(help="per-row results and PNG learning curves")] = "data/evaluate",
+    metrics: MetricsOpt = "metrics/evaluate.json",
+    curve: Annotated[str, typer.Option(help="learning-curve CSV for `dvc plots`")] = "plots/learning_curve.csv",
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate the trained model, its base, the champion and classical baselines on real tables."""
+
+    def start(overrides):
+        from flows.evaluate import run_evaluate
+
+        return run_evaluate(params, model, out, metrics, curve, overrides)
+
+    s = _run(params, set_, start)
+    mean = s["mean_accuracy"]
+    typer.echo("mean accuracy over " + f"{len(s['tables'])} tables: " +
+               ", ".join(f"{m} {v:.3f}" for m, v in sorted(mean.items(), key=lambda kv: -(kv[1] or 0))))
+    if "quality_bar" in s:
+        q = s["quality_bar"]
+        typer.echo(f"at {q['shots']} shots the trained model is {100 * (q['lift_over_majority'] or 0):+.1f} points "
+                   f"over the majority class; curve {'rising' if q['rising'] else 'not rising'}")
+    typer.echo(f"metrics -> {metrics}; learning curves -> {out}/learning_curve.png, {curve}")
+
+
+@app.command()
+def register(
+    params: ParamsOpt = "params.yaml",
+    train: Annotated[str, typer.Option(help="train stage output")] = "data/train",
+    evaluation: Annotated[str, typer.Option(help="evaluate stage summary")] = "metrics/evaluate.json",
+    out: Annotated[str, typer.Option(help="the decision record")] = "metrics/registry.json",
+    set_: SetOpt = None,
+) -> None:
+    """Register the trained model (alias candidate); make it champion only if it beats the champion."""
+
+    def start(overrides):
+        from flows.register import run_register
+
+        return run_register(params, train, evaluation, out, overrides)
+
+    r = _run(params, set_, start)
+    typer.echo(f"registered {r['name']} version {r['version']} (alias candidate); "
+               f"{'PROMOTED to champion' if r['promoted'] else 'not promoted'}: {r['reason']}")
+    typer.echo(f"champion: {r['name']}@champion = version {r['champion_version']}; "
+               "see it with `mlflow ui --backend-store-uri sqlite:///mlflow.db`")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="model version to make champion")],
+    name: Annotated[str, typer.Option(help="registered model")] = "mllm",
+    reason: Annotated[str, typer.Option(help="recorded as the version's mllm.reason tag")] = "manual promotion",
+) -> None:
+    """Manual override: move the champion alias to a version."""
+    from mllm.errors import InputError
+    from mllm.registry import promote as do_promote
+
+    try:
+        r = do_promote(name, version, reason)
+    except InputError as err:
+        _fail(str(err), 2)
+    typer.echo(f"{name}@champion: version {r['previous']} -> {r['version']}")
+
+
+@app.command()
+def predict(
+    train: Annotated[str, typer.Option(help="labelled CSV: the context (last column, or --label, is the label)")],
+    test: Annotated[str, typer.Option(help="CSV of rows to predict (a label column there is used for accuracy)")],
+    model: Annotated[str, typer.Option(help="model: name@alias, models:/..., runs:/... or a directory")] = "mllm@champion",
+    out: Annotated[str | None, typer.Option(help="predictions CSV (default: print)")] = None,
+    label: Annotated[str, typer.Option(help="label column name (default: the train CSV's last column)")] = "",
+    n_ensemble: Annotated[int, typer.Option(help="permutations averaged")] = 1,
+) -> None:
+    """Predict the rows of a CSV from a labelled CSV, in context."""
+    import numpy as np
+    import pandas as pd
+
+    from mllm.atomic import atomic_path
+    from mllm.errors import InputError
+    from mllm.evaluate import coerce_numeric, load_table
+
+    try:
+        X, y = load_table(train, label or "label")
+        target = y.name
+        test_df = pd.read_csv(test) if Path(test).is_file() else None
+        if test_df is None:
+            raise InputError(f"{test}: no such file")
+        truth = test_df.pop(target) if target in test_df.columns else None
+        missing = [c for c in X.columns if c not in test_df.columns]
+        if missing:
+            raise InputError(f"{test}: missing the context's columns {missing[:5]}")
+        test_df = coerce_numeric(test_df[list(X.columns)])
+        from mllm.model import load_trained
+        from mllm.predict import Predictor
+        from mllm.registry import resolve
+        from mllm.tokenizer import load_tokenizer
+
+        path = resolve(model)
+        pred = Predictor(load_trained(path), load_tokenizer(path), n_ensemble=n_ensemble)
+        classes, proba = pred.predict_proba(X, y, test_df)
+    except (InputError, FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        _fail(str(err), 2)
+    result = pd.DataFrame(proba, columns=[f"proba_{c}" for c in classes])
+    result.insert(0, "prediction", classes[proba.argmax(axis=1)])
+    if out:
+        with atomic_path(out) as tmp:
+            result.to_csv(tmp, index=False)
+        typer.echo(f"{len(result)} predictions -> {out}")
+    else:
+        typer.echo(result.to_csv(index=False), nl=False)
+    if truth is not None:
+        acc = float(np.mean(result["prediction"].astype(str).to_numpy() == truth.astype(str).to_numpy()))
+        typer.echo(f"accuracy on {test} ({target}): {acc:.4f}", err=True)
 
 
 @app.command("score-corpus")

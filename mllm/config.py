@@ -195,6 +195,43 @@ class TrainParams(_Strict):
     log_every: int = Field(default=1, ge=1)
 
 
+SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "digits")
+BASELINE_NAMES = ("random_forest", "knn", "xgboost", "logistic_regression", "majority")
+
+
+class EvaluateParams(_Strict):
+    """Evaluation on real tables (the paper's protocol) and the registry gate."""
+
+    sklearn_datasets: list[Literal["iris", "wine", "breast_cancer", "digits"]] = list(SKLEARN_DATASETS)
+    csv_dir: str | None = Field(default=None, description="a directory of CSV tables (last column the label)")
+    max_csv: int | None = Field(default=None, ge=1, description="use only the first N CSVs (sorted by name)")
+    shots: list[int] = Field(default_factory=lambda: [8, 16, 32, 64, 128], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    max_test: int | None = Field(default=None, ge=1, description="cap on test rows per table (None: all)")
+    baselines: list[Literal["random_forest", "knn", "xgboost", "logistic_regression", "majority"]] = \
+        list(BASELINE_NAMES)
+    include_base: bool = Field(default=True, description="also evaluate the untrained base model")
+    compare_champion: bool = Field(default=True, description="also evaluate the registry's current champion")
+    max_queries: int = Field(default=50, ge=1, le=50)
+    n_ensemble: int = Field(default=1, ge=1)
+    registered_model: str = Field(default="mllm", pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: list[int]) -> list[int]:
+        if any(s < 2 for s in v):
+            raise ValueError(f"every shot count must be >= 2, got {v}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _majority(self) -> EvaluateParams:
+        if "majority" not in self.baselines:
+            raise ValueError("baselines must include 'majority' (the promotion gate compares against it)")
+        if not self.sklearn_datasets and self.csv_dir is None:
+            raise ValueError("no datasets: list sklearn_datasets or set csv_dir")
+        return self
+
+
 class RunnerParams(_Strict):
     """Where fan-out stages (generate, filter, encode) run their shards."""
 
@@ -211,6 +248,7 @@ class Params(_Strict):
     encode: EncodeParams = EncodeParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def _format_errors(err: ValidationError, prefix: str = "") -> str:

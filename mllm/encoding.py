@@ -42,7 +42,7 @@ def quantise(shots: np.ndarray, queries: np.ndarray | None = None) -> tuple[np.n
 def ordinal_encode(shots: pd.DataFrame, queries: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Numeric arrays from (possibly mixed-type) frames; returns (shots, queries, categorical mask).
 
-    Numeric columns pass through (NaN kept for ``quantise``). Other columns are ordinal-coded with the
+    Numeric columns pass through (NaN kept for ``quantise``; a non-numeric query cell is missing). Other columns are ordinal-coded with the
     shot rows' categories sorted as strings: codes 0..c-1, then c for a category unseen in the shots and
     c+1 for a missing value.
     """
@@ -57,7 +57,7 @@ def ordinal_encode(shots: pd.DataFrame, queries: pd.DataFrame | None = None) -> 
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             out_s[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
             if out_q is not None:
-                out_q[:, j] = pd.to_numeric(queries[col], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+                out_q[:, j] = pd.to_numeric(queries[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             continue
         categorical[j] = True
         lookup = {c: i for i, c in enumerate(sorted({str(v) for v in s.dropna()}))}

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from mllm.config import BASELINE_NAMES, MAX_CLASSES, EvaluateParams
 from mllm.encoding import LabelMap, ordinal_encode
 from mllm.errors import InputError
 
@@ -41,7 +42,21 @@ def load_table(path: str | Path, label: str = "label") -> tuple[pd.DataFrame, pd
     y = df.pop(target)
     if y.isna().any():
         raise TableError(f"{path}: {int(y.isna().sum())} rows have no label")
-    return df, y
+    return coerce_numeric(df), y
+
+
+def coerce_numeric(df: pd.DataFrame, share: float = 0.9) -> pd.DataFrame:
+    """A text column whose values are at least ``share`` numbers is numeric; its other cells ("?", "n/a",
+    garbage) become missing values. Columns below the share stay categorical."""
+    out = df.copy()
+    for col in out.columns:
+        s = out[col]
+        if pd.api.types.is_numeric_dtype(s) or s.notna().sum() == 0:
+            continue
+        num = pd.to_numeric(s, errors="coerce")
+        if num.notna().sum() >= share * s.notna().sum():
+            out[col] = num
+    return out
 
 
 def sklearn_datasets() -> dict[str, tuple[pd.DataFrame, pd.Series]]:
@@ -103,7 +118,7 @@ def baseline(name: str, seed: int) -> PredictFn:
     return fit_predict
 
 
-BASELINES = ("random_forest", "knn", "xgboost", "logistic_regression", "majority")
+BASELINES = BASELINE_NAMES
 
 
 def metrics(y_true: np.ndarray, classes: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -156,3 +171,63 @@ def evaluate_dataset(name: str, X: pd.DataFrame, y: pd.Series, models: dict[str,
                 rows.append({"dataset": name, "model": model_name, "shots": n, "seed": seed,
                              **metrics(y_test.to_numpy(), classes, proba)})
     return rows
+
+
+def load_suite(ep: EvaluateParams) -> tuple[dict[str, tuple[pd.DataFrame, pd.Series]], dict[str, str]]:
+    """The evaluation tables named by params, checked before any model runs. Tables the in-context model
+    cannot take (more than 10 classes, a single class) are skipped with the reason; an unreadable CSV is an
+    error that names it."""
+    tables: dict[str, tuple[pd.DataFrame, pd.Series]] = {}
+    all_sk = sklearn_datasets() if ep.sklearn_datasets else {}
+    for name in ep.sklearn_datasets:
+        tables[name] = all_sk[name]
+    if ep.csv_dir is not None:
+        folder = Path(ep.csv_dir)
+        if not folder.is_dir():
+            raise TableError(f"evaluate.csv_dir {folder} is not a directory")
+        paths = sorted(folder.glob("*.csv"))[: ep.max_csv]
+        if not paths:
+            raise TableError(f"evaluate.csv_dir {folder} holds no .csv files")
+        for path in paths:
+            tables[path.stem] = load_table(path)
+    skipped = {}
+    for name, (_, y) in list(tables.items()):
+        k = y.nunique()
+        if k > MAX_CLASSES or k < 2:
+            skipped[name] = f"{k} classes (the in-context model takes 2..{MAX_CLASSES})"
+            del tables[name]
+    return tables, skipped
+
+
+def suite_id(ep: EvaluateParams, names: list[str]) -> str:
+    """What the figures were measured on; equal ids mean comparable mean accuracies."""
+    return (f"tables={','.join(names)};shots={','.join(map(str, ep.shots))};seeds={','.join(map(str, ep.seeds))};"
+            f"max_test={ep.max_test};split=80/20@42")
+
+
+def summarise(rows: list[dict], skipped: dict[str, str], suite: str) -> dict:
+    """``metrics.json``: mean metrics per model over every (table, shots, seed), the learning curve, the
+    per-table means and the quality bar (lift over the majority class at 128 shots)."""
+    df = pd.DataFrame(rows)
+    out: dict = {"suite": suite, "skipped": skipped, "tables": sorted(df.dataset.unique().tolist())}
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss"):
+        out[f"mean_{metric}"] = {m: _num(v) for m, v in df.groupby("model")[metric].mean().items()}
+    curve = df.groupby(["model", "shots"]).accuracy.mean()
+    out["accuracy_by_shots"] = {m: {str(n): _num(curve[m][n]) for n in curve[m].index} for m in curve.index.levels[0]}
+    per = df.groupby(["dataset", "model"]).accuracy.mean()
+    out["accuracy_by_table"] = {d: {m: _num(per[d][m]) for m in per[d].index} for d in per.index.levels[0]}
+    if "trained" in out["accuracy_by_shots"]:
+        mine = out["accuracy_by_shots"]["trained"]
+        ns = sorted(int(n) for n in mine)
+        at = "128" if "128" in mine else str(ns[-1])
+        out["quality_bar"] = {
+            "shots": int(at),
+            "lift_over_majority": _num(mine[at] - out["accuracy_by_shots"]["majority"][at]),
+            "rising": bool(mine[str(ns[-1])] > mine[str(ns[0])]),
+        }
+    return out
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) else round(v, 6)

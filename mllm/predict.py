@@ -10,7 +10,6 @@ query, so the output always parses and every row gets a full probability vector.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ from mllm import prompt
 from mllm.config import MAX_CLASSES
 from mllm.encoding import LabelMap, ordinal_encode, quantise
 from mllm.errors import InputError
+from mllm.retrieval import nearest_shots
 from mllm.scoring import label_token_ids
 
 
@@ -62,19 +62,39 @@ def answer_piece(i: int) -> str:
     return ('[{"id":0,"label":' if i == 0 else f'}},{{"id":{i},"label":')
 
 
+def _crop(cache, length: int) -> None:
+    """Cut a KV cache back to ``length`` tokens (a negative count means "remove" in transformers 4 and 5)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 class Predictor:
-    """Label probabilities from a causal LM and its tokenizer (see module docstring)."""
+    """Label probabilities from a causal LM and its tokenizer (see module docstring).
+
+    ``decode="parallel"`` (default) finds the greedy answer by Jacobi iteration: all labels of a chunk are
+    scored in one forward pass given guessed earlier labels; items up to the first changed guess are final,
+    and the pass repeats from there. The fixed point is exactly the sequential greedy answer, usually in 2-3
+    passes instead of one pass per query. ``decode="sequential"`` scores one query per forward pass.
+    ``decode="generate"`` lets the model write the JSON answer and parses it (for models that only return
+    text); a malformed answer is an error, and the probabilities are one-hot.
+    """
 
     def __init__(self, model, tokenizer, max_queries: int = 50, n_ensemble: int = 1, seed: int = 0,
-                 cutoff_len: int | None = None, cache_prefix: bool = True):
+                 cutoff_len: int | None = None, cache_prefix: bool = True, decode: str = "parallel",
+                 min_shots: int = 8):
         if not 1 <= max_queries <= prompt.MAX_QUERIES:
             raise PredictionError(f"max_queries must be 1..{prompt.MAX_QUERIES}, got {max_queries}")
+        if decode not in ("parallel", "sequential", "generate"):
+            raise PredictionError(f"decode must be parallel, sequential or generate, got {decode!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_queries, self.n_ensemble, self.seed = max_queries, n_ensemble, seed
         self.cache_prefix = cache_prefix  # off only to measure what the cache saves
+        self.decode, self.min_shots = decode, min_shots
         self.cutoff_len = cutoff_len or getattr(model.config, "max_position_embeddings", None)
+        self.stats = {"sequences": 0, "retrieval_chunks": 0, "passes": 0}
 
-    # -- one sequence family: a prefix, then chunks of queries ---------------------------------------
+    # -- text pieces -------------------------------------------------------------------------------
 
     def _prefix_text(self, shots: np.ndarray, shot_ids: np.ndarray, n_classes: int) -> str:
         header = prompt.data_header(shots.shape[1], n_classes)
@@ -93,35 +113,89 @@ class Predictor:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, cand: list[int]) -> np.ndarray:
-        import torch
+    def _answer_ids(self, labels: np.ndarray, cand: list[int]) -> tuple[list[int], list[int]]:
+        """Answer tokens for ``labels`` and, per item, the index of its label token."""
+        ids, at = [], []
+        for i, k in enumerate(labels):
+            ids += self._ids(answer_piece(i))
+            at.append(len(ids))
+            ids.append(cand[int(k)])
+        return ids, at
 
-        probs = np.zeros((queries.shape[0], len(cand)))
-        pending = self._ids(self._suffix_text(queries))
-        past = copy.deepcopy(cache) if self.cache_prefix else cache  # chunks must not extend the shared cache
-        pos = prefix_len
-        for i in range(queries.shape[0]):
-            pending += self._ids(answer_piece(i))
-            with torch.no_grad():
-                out = self.model(input_ids=torch.as_tensor([pending]), past_key_values=past, use_cache=True,
-                                 position_ids=torch.arange(pos, pos + len(pending))[None])
-            past, pos = out.past_key_values, pos + len(pending)
-            p = torch.softmax(out.logits[0, -1, cand].float(), dim=-1).numpy()
-            probs[i] = p
-            pending = [cand[int(p.argmax())]]
-        return probs
+    # -- forward passes ----------------------------------------------------------------------------
 
-    def _run_prefix(self, prefix: list[int]):
+    def _forward(self, ids: list[int], cache, pos: int):
         import torch
 
         with torch.no_grad():
-            return self.model(input_ids=torch.as_tensor([prefix]), use_cache=True).past_key_values
+            out = self.model(input_ids=torch.as_tensor([ids]), past_key_values=cache, use_cache=True,
+                             position_ids=torch.arange(pos, pos + len(ids))[None])
+        return out.logits[0], out.past_key_values
 
-    def _fits(self, n_prefix: int, n_rows: int, d: int) -> bool:
-        if self.cutoff_len is None:
-            return True
-        per_query = 2 * d + 12  # a test row and its answer item, generously (exact counts vary by tokenizer)
-        return n_prefix + n_rows * per_query + 64 <= self.cutoff_len
+    def _run_prefix(self, prefix: list[int]):
+        return self._forward(prefix, None, 0)[1]
+
+    def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, cand: list[int]) -> np.ndarray:
+        import torch
+
+        n = queries.shape[0]
+        probs = np.zeros((n, len(cand)))
+        _, cache = self._forward(self._ids(self._suffix_text(queries)), cache, prefix_len)
+        base = cache.get_seq_length()  # prefix + query rows: shared by every pass below
+        if self.decode == "sequential":
+            pending, pos = [], base
+            for i in range(n):
+                pending += self._ids(answer_piece(i))
+                logits, cache = self._forward(pending, cache, pos)
+                pos += len(pending)
+                probs[i] = torch.softmax(logits[-1, cand].float(), dim=-1).numpy()
+                pending = [cand[int(probs[i].argmax())]]
+                self.stats["passes"] += 1
+        else:
+            labels = np.zeros(n, dtype=np.int64)
+            ids, at = self._answer_ids(labels, cand)
+            start, lo = 0, 0  # items before `start` are final; tokens before `lo` are in the cache
+            while start < n:
+                _crop(cache, base + lo)
+                logits, cache = self._forward(ids[lo:], cache, base + lo)
+                p = torch.softmax(logits[torch.as_tensor(at[start:]) - lo - 1][:, cand].float(), dim=-1).numpy()
+                self.stats["passes"] += 1
+                new = p.argmax(axis=1)
+                probs[start:] = p
+                changed = np.flatnonzero(new != labels[start:])
+                if changed.size == 0:
+                    break
+                j = start + int(changed[0])  # item j's score saw the final earlier labels: j is final now
+                labels[start:] = new
+                for i in range(j, n):
+                    ids[at[i]] = cand[int(labels[i])]
+                start, lo = j + 1, at[j]  # recompute from item j's (changed) label token
+        _crop(cache, prefix_len)  # leave the shared prefix cache as it was
+        return probs
+
+    # -- planning: what fits the window ------------------------------------------------------------
+
+    def _chunk_tokens(self, queries: np.ndarray, n_cand: int) -> int:
+        """Tokens a chunk of queries adds after the prefix (query rows, requirements, answer)."""
+        return len(self._ids(self._suffix_text(queries))) + len(self._answer_ids(np.zeros(len(queries), int),
+                                                                                  [0] * n_cand)[0]) + 2
+
+    def _row_costs(self, shots: np.ndarray, shot_ids: np.ndarray) -> np.ndarray:
+        lines = [line + "\n" for line in prompt.shot_lines(shots, shot_ids)]
+        return np.array([len(t) for t in self.tokenizer(lines, add_special_tokens=False)["input_ids"]]) + 1
+
+    def _generate_chunk(self, prefix: list[int], queries: np.ndarray, k: int) -> np.ndarray:
+        import torch
+
+        ids = prefix + self._ids(self._suffix_text(queries))
+        with torch.no_grad():
+            out = self.model.generate(torch.as_tensor([ids]), max_new_tokens=16 * len(queries) + 8, do_sample=False)
+        text = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        try:
+            labels = prompt.parse_answer(text.strip(), len(queries), k)
+        except ValueError as err:
+            raise PredictionError(f"the model's generated answer does not parse: {err}") from None
+        return np.eye(k)[labels]
 
     def predict_proba_encoded(self, enc: Encoded) -> np.ndarray:
         """(n_queries, K) probabilities, averaged over ``n_ensemble`` seeded row/column permutations."""
@@ -133,20 +207,53 @@ class Predictor:
             cols = rng.permutation(enc.shots.shape[1]) if v else np.arange(enc.shots.shape[1])
             rows = rng.permutation(enc.shots.shape[0]) if v else np.arange(enc.shots.shape[0])
             shots, shot_ids, queries = enc.shots[rows][:, cols], enc.shot_ids[rows], enc.queries[:, cols]
-            prefix = self._ids(self._prefix_text(shots, shot_ids, k))
-            chunk = self.max_queries
-            while chunk > 1 and not self._fits(len(prefix), chunk, shots.shape[1]):
-                chunk //= 2
-            if not self._fits(len(prefix), chunk, shots.shape[1]):
-                raise PredictionError(
-                    f"the context ({shots.shape[0]} rows x {shots.shape[1]} features, {len(prefix)} tokens) does not "
-                    f"fit the model's {self.cutoff_len}-token context with even one query row"
-                )
-            cache = self._run_prefix(prefix) if self.cache_prefix else None
-            for start in range(0, queries.shape[0], chunk):
-                c = cache if self.cache_prefix else self._run_prefix(prefix)
-                total[start:start + chunk] += self._score_chunk(c, len(prefix), queries[start:start + chunk], cand)
+            total += self._predict_one(shots, shot_ids, queries, k, cand)
         return total / self.n_ensemble
+
+    def _predict_one(self, shots, shot_ids, queries, k, cand) -> np.ndarray:
+        out = np.zeros((queries.shape[0], k))
+        head = self._ids(self._prefix_text(shots[:0], shot_ids[:0], k))
+        costs = self._row_costs(shots, shot_ids)
+        limit = self.cutoff_len or 10**9
+
+        def fits(shot_tokens: int, c: int) -> bool:
+            return len(head) + shot_tokens + self._chunk_tokens(queries[:c], k) <= limit
+
+        # all shots with the largest chunk of queries that leaves room for them (the prefix cache makes
+        # small chunks cheap); else nearest-neighbour shots per chunk of at most 10 queries
+        chunk = min(self.max_queries, queries.shape[0])
+        while chunk > 1 and not fits(int(costs.sum()), chunk):
+            chunk //= 2
+        fits_all = fits(int(costs.sum()), chunk)
+        if not fits_all:
+            need_min = int(np.sort(costs)[: self.min_shots].sum())
+            chunk = min(self.max_queries, queries.shape[0], 10)
+            while chunk > 1 and not fits(need_min, chunk):
+                chunk //= 2
+            if not fits(need_min, chunk):
+                raise PredictionError(
+                    f"the context ({shots.shape[0]} rows x {shots.shape[1]} features) does not fit the model's "
+                    f"{limit}-token window even with {min(self.min_shots, len(costs))} retrieved rows and one "
+                    "query row"
+                )
+        cache = None
+        if fits_all:
+            prefix = self._ids(self._prefix_text(shots, shot_ids, k))
+            cache = self._run_prefix(prefix) if self.cache_prefix and self.decode != "generate" else None
+        for start in range(0, queries.shape[0], chunk):
+            q = queries[start:start + chunk]
+            if not fits_all:  # nearest-neighbour shots for this chunk
+                budget = limit - len(head) - self._chunk_tokens(q, k)
+                keep = nearest_shots(shots, q, costs, budget)
+                prefix = self._ids(self._prefix_text(shots[keep], shot_ids[keep], k))
+                self.stats["retrieval_chunks"] += 1
+            self.stats["sequences"] += 1
+            if self.decode == "generate":
+                out[start:start + chunk] = self._generate_chunk(prefix, q, k)
+                continue
+            c = cache if (fits_all and self.cache_prefix) else self._run_prefix(prefix)
+            out[start:start + chunk] = self._score_chunk(c, len(prefix), q, cand)
+        return out
 
     def predict_proba(self, context: pd.DataFrame, y_context, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(classes, probabilities) for ``queries`` given the labelled ``context``."""

@@ -44,6 +44,8 @@ def _tiny(tmp_path, **gen):
     params["train"].update(stages=[{"name": "warmup", "corpus": "warmup", "lr": 1e-3, "max_steps": 2},
                                    {"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 2}],
                            grad_accum=2, checkpoint_every=1)
+    params["evaluate"].update(sklearn_datasets=["iris", "wine"], shots=[8, 16], seeds=[0], max_test=12,
+                              baselines=["knn", "majority"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return params
 
@@ -65,19 +67,37 @@ def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
     assert enc["full"]["max_tokens"] <= 1024
     assert (tmp_path / "data/tokenizer/tokenizer.json").is_file()
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"generate", "filter", "tokenizer", "encode", "train"}
+    assert set(lock["stages"]) == {"generate", "filter", "tokenizer", "encode", "train", "evaluate", "register"}
     summary = json.loads((tmp_path / "data/train/train_summary.json").read_text())
     assert summary["complete"] and summary["steps_this_run"] == 4
     assert (tmp_path / "data/train/model/model.safetensors").is_file()
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["mllm"])
-    assert set(runs["tags.mllm.stage"]) == {"generate", "filter", "encode", "train"}
+    assert set(runs["tags.mllm.stage"]) == {"generate", "filter", "encode", "train", "evaluate"}
     train_run = json.loads((tmp_path / "data/train/mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(train_run, "loss")) == 4
     assert any(a.path == "model" for a in client.list_artifacts(train_run))
     metrics = _run(["dvc", "metrics", "show", "--json"], tmp_path, venv_env).stdout
-    assert "kept_share" in metrics
+    assert "kept_share" in metrics and "mean_accuracy" in metrics
+
+    # evaluate: every model on the same (table, shots, seed) rows; curves for DVC and as PNG
+    ev = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    assert ev["tables"] == ["iris", "wine"] and set(ev["mean_accuracy"]) == {"trained", "knn", "majority"}
+    assert set(ev["accuracy_by_shots"]["trained"]) == {"8", "16"}
+    for png in ("learning_curve.png", "learning_curve_by_table.png"):
+        assert (tmp_path / "data/evaluate" / png).read_bytes()[:4] == b"\x89PNG"
+    plots = _run(["dvc", "plots", "show", "--json"], tmp_path, venv_env).stdout
+    assert "learning_curve.csv" in plots
+    # register: a version with alias candidate; champion only as the decision says
+    reg = json.loads((tmp_path / "metrics/registry.json").read_text())
+    mv = client.get_model_version_by_alias("mllm", "candidate")
+    assert str(mv.version) == reg["version"] == "1" and mv.run_id == train_run
+    assert mv.tags["mllm.decision"] == ("promoted" if reg["promoted"] else "not promoted")
+    promoted = reg["mean_accuracy"] > reg["majority_accuracy"]
+    assert reg["promoted"] == promoted
+    if promoted:
+        assert str(client.get_model_version_by_alias("mllm", "champion").version) == "1"
 
     assert "didn't change" in _run(["dvc", "repro"], tmp_path, venv_env).stdout
     first = (tmp_path / "data/generated/shard-00000.parquet").read_bytes()

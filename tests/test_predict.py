@@ -90,9 +90,10 @@ def test_bad_tables(tok, model, mutate, message):
 
 
 def test_context_that_does_not_fit(tok, model):
-    ctx, y, qry = _tables(n=400, d=8)
+    """Only when not even the minimum (8 retrieved rows and one query) fits is it an error."""
+    ctx, y, qry = _tables(n=400, d=60)
     with pytest.raises(PredictionError, match="does not fit"):
-        Predictor(model, tok, cutoff_len=1024).predict_proba(ctx, y, qry)
+        Predictor(model, tok, cutoff_len=512).predict_proba(ctx, y, qry)
 
 
 def test_without_prefix_cache_same_probabilities(tok, model):
@@ -101,3 +102,34 @@ def test_without_prefix_cache_same_probabilities(tok, model):
     a = Predictor(model, tok, max_queries=2).predict_proba_encoded(enc)
     b = Predictor(model, tok, max_queries=2, cache_prefix=False).predict_proba_encoded(enc)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_parallel_decoding_equals_sequential(tok, model):
+    """Jacobi decoding reaches the sequential greedy answer: same probabilities, fewer passes."""
+    ctx, y, qry = _tables(m=20)
+    enc = encode_tables(ctx, y, qry)
+    seq = Predictor(model, tok, max_queries=20, decode="sequential")
+    par = Predictor(model, tok, max_queries=20)
+    a, b = seq.predict_proba_encoded(enc), par.predict_proba_encoded(enc)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert seq.stats["passes"] == 20 and par.stats["passes"] < 20
+
+
+def test_retrieval_when_the_context_does_not_fit(tok, model):
+    """A context over the window is answered with nearest-neighbour shots per chunk, not an error."""
+    ctx, y, qry = _tables(n=400, d=8, m=12)
+    pred = Predictor(model, tok, cutoff_len=1024)
+    classes, probs = pred.predict_proba(ctx, y, qry)
+    assert probs.shape == (12, 3) and pred.stats["retrieval_chunks"] >= 2
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_nearest_shots_round_robin_within_budget():
+    from mllm.retrieval import nearest_shots
+
+    shots = np.array([[0, 0], [10, 10], [500, 500], [990, 990], [5, 5], [980, 980]])
+    queries = np.array([[1, 1], [999, 999]])
+    costs = np.array([3, 3, 3, 3, 3, 3])
+    # each query's 1st neighbour (rows 0 and 3), then each 2nd (rows 4 and 5): 4 rows x 3 tokens = 12
+    assert nearest_shots(shots, queries, costs, 12).tolist() == [0, 3, 4, 5]
+    assert nearest_shots(shots, queries, costs, 100).tolist() == list(range(6))

@@ -8,6 +8,7 @@ import yaml
 
 from mllm.config import EncodeParams, parse_params
 from mllm.corpus import encode_shard
+from mllm.model import load_base
 from mllm.prior import generate_task
 from mllm.shards import tasks_to_table, write_shard
 from mllm.tokenizer import build_tokenizer, save_tokenizer
@@ -46,4 +47,13 @@ def make_corpus(root: Path, n_tasks: int = 24, cutoff_len: int = 1024) -> tuple[
 
 def write_params(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def save_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny model + the project tokenizer saved as a trained model dir."""
+    tok = build_tokenizer()
+    model = load_base(parse_params(raw_params()).model, tok, seed=seed)
+    model.save_pretrained(path)
+    save_tokenizer(tok, path, "whole")
     return path

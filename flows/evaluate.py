@@ -1,0 +1,121 @@
+"""Prefect flow of the ``evaluate`` stage: the trained model, its base, the registry's champion and the
+classical baselines on the same splits and shots; metrics.json, learning curves, an MLflow run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from mllm import tracking
+from mllm.atomic import atomic_dir, write_json_atomic
+from mllm.config import load_params
+from mllm.evaluate import baseline, evaluate_dataset, load_suite, suite_id, summarise
+from mllm.plots import write_curve_csv, write_pngs
+
+RESULTS = "results.csv"
+
+
+def _llm(path: str, ep, seed: int):
+    from mllm.model import load_trained
+    from mllm.predict import Predictor
+    from mllm.tokenizer import load_tokenizer
+
+    pred = Predictor(load_trained(path), load_tokenizer(path), max_queries=ep.max_queries,
+                     n_ensemble=ep.n_ensemble, seed=seed)
+    return pred.predict_proba
+
+
+def models_to_evaluate(params, model_dir: str) -> tuple[dict[str, str], str | None]:
+    """name -> model dir: ``trained``, its ``base`` and the registry's ``champion`` (when it exists and is
+    not the same weights); plus the champion's version."""
+    from mllm.model import ModelError, resolve_base
+    from mllm.registry import CHAMPION, alias_version, resolve, weights_digest
+
+    ep = params.evaluate
+    if not Path(model_dir, "config.json").is_file() and not Path(model_dir, "adapter_config.json").is_file():
+        raise ModelError(f"{model_dir} is not a trained model directory (run the train stage first)")
+    out = {"trained": model_dir}
+    if ep.include_base and params.model.base != "scratch":
+        out["base"] = resolve_base(params.model.base)
+    champion_version = None
+    if ep.compare_champion:
+        mv = alias_version(ep.registered_model, CHAMPION)
+        if mv is not None:
+            path = resolve(f"models:/{ep.registered_model}/{mv.version}")
+            if weights_digest(path) != weights_digest(Path(model_dir)):
+                out["champion"] = str(path)
+                champion_version = str(mv.version)
+            else:  # the trained weights are already the champion: nothing to compare against
+                champion_version = str(mv.version)
+    return out, champion_version
+
+
+@task(name="evaluate-table", task_run_name="evaluate-{name}", cache_policy=NONE)
+def evaluate_table(name: str, X, y, fns: dict, shots: list[int], seeds: list[int], max_test: int | None) -> list[dict]:
+    return evaluate_dataset(name, X, y, fns, shots, seeds, max_test=max_test)
+
+
+@flow(name="evaluate")
+def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/model", out: str = "data/evaluate",
+                  metrics: str = "metrics/evaluate.json", curve: str = "plots/learning_curve.csv",
+                  overrides: dict | None = None) -> dict:
+    logger = get_run_logger()
+    params = load_params(params_path, overrides)
+    ep = params.evaluate
+    tables, skipped = load_suite(ep)
+    for name, why in skipped.items():
+        logger.warning("skipping table %s: %s", name, why)
+    refs, champion_version = models_to_evaluate(params, model)
+    logger.info("evaluating %s on %d tables, shots %s, seeds %s", ", ".join(refs), len(tables), ep.shots, ep.seeds)
+    fns = {name: _llm(path, ep, params.seed) for name, path in refs.items()}
+    fns.update({b: baseline(b, params.seed) for b in ep.baselines})
+    t0 = time.perf_counter()
+    rows = []
+    for name, (X, y) in tables.items():
+        rows += evaluate_table(name, X, y, fns, ep.shots, ep.seeds, ep.max_test)
+    seconds = time.perf_counter() - t0
+    summary = summarise(rows, skipped, suite_id(ep, list(tables)))
+    summary["models"] = refs
+    summary["champion_version"] = champion_version
+    summary["seconds"] = round(seconds, 1)
+    with atomic_dir(out) as tmp:
+        pd.DataFrame(rows).to_csv(Path(tmp) / RESULTS, index=False)
+        pngs = write_pngs(rows, tmp)
+    write_curve_csv(rows, curve)
+    write_json_atomic(metrics, summary)
+    mean = summary["mean_accuracy"]
+    logger.info("mean accuracy: %s", ", ".join(f"{m} {v:.3f}" for m, v in mean.items()))
+
+    with tracking.run("evaluate", tags={"prefect.flow_run_id": str(flow_run.get_id() or ""),
+                                        "mllm.champion_version": str(champion_version)}) as mlflow:
+        mlflow.log_params(tracking.flatten({"seed": params.seed, "evaluate": ep.model_dump(mode="json"),
+                                            "models": refs}))
+        mlflow.log_metrics({f"mean_accuracy.{m}": v for m, v in mean.items() if v is not None})
+        for m, by in summary["accuracy_by_shots"].items():
+            for n, v in by.items():
+                if v is not None:
+                    mlflow.log_metric(f"accuracy.{m}", v, step=int(n))
+        if "quality_bar" in summary:
+            mlflow.log_metric("lift_over_majority_at_128", summary["quality_bar"]["lift_over_majority"] or 0.0)
+        per_table = pd.DataFrame(rows).groupby(["dataset", "model"]).accuracy.mean().unstack("model").reset_index()
+        mlflow.log_table(per_table, artifact_file="accuracy_by_table.json")
+        for png in pngs:
+            mlflow.log_artifact(str(Path(out) / png.name), artifact_path="plots")
+        mlflow.log_artifact(metrics)
+    return summary
+
+
+def run_evaluate(params_path: str = "params.yaml", model: str = "data/train/model", out: str = "data/evaluate",
+                 metrics: str = "metrics/evaluate.json", curve: str = "plots/learning_curve.csv",
+                 overrides: dict | None = None) -> dict:
+    """Validate params, tables and models before the flow starts."""
+    params = load_params(params_path, overrides)
+    load_suite(params.evaluate)
+    models_to_evaluate(params, model)
+    return evaluate_flow(params_path=params_path, model=model, out=out, metrics=metrics, curve=curve,
+                         overrides=overrides)

@@ -1,0 +1,56 @@
+"""An MLflow pyfunc model around the predictor, so ``mlflow models serve`` answers requests.
+
+A request is one table: rows whose label column (``label`` unless the model config says otherwise) holds a
+value are the context, rows where it is empty are predicted. The response has, per predicted row, the
+predicted label and one probability column per class (``proba_<class>``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+from mllm.registry import HF_ARTIFACT
+
+PIP_REQUIREMENTS = ["mllm", "torch==2.13.0", "transformers", "peft", "pandas", "scikit-learn"]
+
+
+class MLLMPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from mllm.model import load_trained
+        from mllm.tokenizer import load_tokenizer
+
+        path = context.artifacts[HF_ARTIFACT]
+        self.model, self.tokenizer = load_trained(path), load_tokenizer(path)
+        self.config = dict(context.model_config or {})
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return predict_table(self.model, self.tokenizer, pd.DataFrame(model_input), self.config)
+
+
+def predict_table(model, tokenizer, table: pd.DataFrame, config: dict) -> pd.DataFrame:
+    from mllm.predict import PredictionError, Predictor
+
+    label = config.get("label", "label")
+    if label not in table.columns:
+        raise PredictionError(f"the request has no {label!r} column (context rows carry the label, rows to "
+                              "predict leave it empty)")
+    known = table[label].notna() & (table[label].astype(str) != "")
+    X = table.drop(columns=[label])
+    pred = Predictor(model, tokenizer, max_queries=int(config.get("max_queries", 50)),
+                     n_ensemble=int(config.get("n_ensemble", 1)), seed=int(config.get("seed", 0)))
+    classes, proba = pred.predict_proba(X[known], table.loc[known, label], X[~known])
+    out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in classes], index=X.index[~known])
+    out.insert(0, "prediction", classes[proba.argmax(axis=1)])
+    return out.reset_index(drop=True)
+
+
+def log_pyfunc(model_dir: Path, config: dict):
+    """Log the pyfunc model (the HF dir as artifact ``hf``) into the active run; returns the ModelInfo."""
+    return mlflow.pyfunc.log_model(
+        name="mllm", python_model=str(Path(__file__).with_name("pyfunc_entry.py")), artifacts={HF_ARTIFACT: str(model_dir)},
+        model_config={"label": "label", "max_queries": 50, "n_ensemble": 1, "seed": 0, **config},
+        pip_requirements=PIP_REQUIREMENTS,
+    )
