@@ -285,6 +285,46 @@ def predict(
         typer.echo(f"accuracy on {test} ({target}): {acc:.4f}", err=True)
 
 
+@app.command()
+def pipeline(
+    stages: Annotated[list[str] | None, typer.Argument(help="stages to run (default: all, in order)")] = None,
+    repo: Annotated[str, typer.Option(help="the project checkout")] = ".",
+) -> None:
+    """Run the whole pipeline once as a Prefect flow (each DVC stage a task run; only changed stages rerun)."""
+    from flows.pipeline import pipeline_flow
+    from mllm.errors import InputError, StageFailed
+
+    try:
+        states = pipeline_flow(repo=repo, stages=stages)
+    except InputError as err:
+        _fail(str(err), 2)
+    except StageFailed as err:
+        _fail(str(err), 1)
+    typer.echo(", ".join(f"{k}: {v}" for k, v in states.items()))
+
+
+@app.command()
+def serve(
+    params: ParamsOpt = "params.yaml",
+    cron: Annotated[str | None, typer.Option(help="override pipeline.cron")] = None,
+    repo: Annotated[str, typer.Option(help="the project checkout the runs use")] = ".",
+) -> None:
+    """Serve the pipeline as a Prefect deployment on its cron schedule (long-running; Ctrl-C stops).
+    Point PREFECT_API_URL at a Prefect server (`prefect server start`) to see and trigger it in the UI."""
+    from mllm.config import ParamsError, PipelineParams, load_params
+
+    try:
+        pp = load_params(params).pipeline
+        if cron:
+            pp = PipelineParams(cron=cron, deployment=pp.deployment)
+    except (ParamsError, ValueError) as err:
+        _fail(str(err), 2)
+    from flows.pipeline import pipeline_flow
+
+    typer.echo(f"serving deployment pipeline/{pp.deployment} on cron '{pp.cron}' (repo {Path(repo).resolve()})")
+    pipeline_flow.serve(name=pp.deployment, cron=pp.cron, parameters={"repo": str(Path(repo).resolve())})
+
+
 @app.command("score-corpus")
 def score_corpus(
     model: Annotated[str, typer.Option(help="trained model dir (full model or LoRA adapter)")],

@@ -232,6 +232,20 @@ class EvaluateParams(_Strict):
         return self
 
 
+class PipelineParams(_Strict):
+    """The scheduled pipeline (``mllm serve``)."""
+
+    cron: str = Field(default="0 2 * * *", description="cron schedule of the served pipeline deployment")
+    deployment: str = Field(default="mllm-pipeline", pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {v!r}")
+        return v
+
+
 class RunnerParams(_Strict):
     """Where fan-out stages (generate, filter, encode) run their shards."""
 
@@ -249,6 +263,7 @@ class Params(_Strict):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    pipeline: PipelineParams = PipelineParams()
 
 
 def _format_errors(err: ValidationError, prefix: str = "") -> str:

@@ -124,18 +124,19 @@ class Predictor:
 
     # -- forward passes ----------------------------------------------------------------------------
 
-    def _forward(self, ids: list[int], cache, pos: int):
+    def _forward(self, ids: list[int], cache, pos: int, keep=1):
+        """Run ``ids`` after ``cache``; logits only at ``keep`` (the last n positions, or these indices)."""
         import torch
 
         with torch.no_grad():
             out = self.model(input_ids=torch.as_tensor([ids]), past_key_values=cache, use_cache=True,
-                             position_ids=torch.arange(pos, pos + len(ids))[None])
+                             position_ids=torch.arange(pos, pos + len(ids))[None], logits_to_keep=keep)
         return out.logits[0], out.past_key_values
 
     def _run_prefix(self, prefix: list[int]):
         return self._forward(prefix, None, 0)[1]
 
-    def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, cand: list[int]) -> np.ndarray:
+    def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, cand: list[int], guess: int = 0) -> np.ndarray:
         import torch
 
         n = queries.shape[0]
@@ -152,13 +153,13 @@ class Predictor:
                 pending = [cand[int(probs[i].argmax())]]
                 self.stats["passes"] += 1
         else:
-            labels = np.zeros(n, dtype=np.int64)
+            labels = np.full(n, guess, dtype=np.int64)  # any guess gives the same answer; a good one saves passes
             ids, at = self._answer_ids(labels, cand)
             start, lo = 0, 0  # items before `start` are final; tokens before `lo` are in the cache
             while start < n:
                 _crop(cache, base + lo)
-                logits, cache = self._forward(ids[lo:], cache, base + lo)
-                p = torch.softmax(logits[torch.as_tensor(at[start:]) - lo - 1][:, cand].float(), dim=-1).numpy()
+                logits, cache = self._forward(ids[lo:], cache, base + lo, keep=torch.as_tensor(at[start:]) - lo - 1)
+                p = torch.softmax(logits[:, cand].float(), dim=-1).numpy()
                 self.stats["passes"] += 1
                 new = p.argmax(axis=1)
                 probs[start:] = p
@@ -252,7 +253,8 @@ class Predictor:
                 out[start:start + chunk] = self._generate_chunk(prefix, q, k)
                 continue
             c = cache if (fits_all and self.cache_prefix) else self._run_prefix(prefix)
-            out[start:start + chunk] = self._score_chunk(c, len(prefix), q, cand)
+            guess = int(np.bincount(shot_ids, minlength=k).argmax())  # the shots' majority class
+            out[start:start + chunk] = self._score_chunk(c, len(prefix), q, cand, guess)
         return out
 
     def predict_proba(self, context: pd.DataFrame, y_context, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "mllm", "flows"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mllm", "flows"]
 
 
 def _copy_project(dst):
@@ -100,6 +100,24 @@ def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
         assert str(client.get_model_version_by_alias("mllm", "champion").version) == "1"
 
     assert "didn't change" in _run(["dvc", "repro"], tmp_path, venv_env).stdout
+
+    # the same pipeline as one Prefect flow: every stage a task run, only changed stages rerun
+    res = _run(["mllm", "pipeline", "--repo", str(tmp_path)], tmp_path, venv_env)
+    assert "generate: up to date" in res.stdout and "register: up to date" in res.stdout
+    params["evaluate"]["seeds"] = [1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    res = _run(["mllm", "pipeline", "--repo", str(tmp_path)], tmp_path, venv_env)
+    assert "train: up to date, evaluate: ran, register: ran" in res.stdout
+    assert "Running stage 'evaluate'" in res.stderr + res.stdout
+
+    # experiments: dvc exp run -S on the committed pipeline, then exp show
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run(git + ["add", "-A"], tmp_path, venv_env)
+    _run(git + ["commit", "-qm", "pipeline"], tmp_path, venv_env)
+    _run(["dvc", "exp", "run", "-S", "evaluate.max_test=8", "-n", "fewer-test-rows"], tmp_path, venv_env)
+    shown = _run(["dvc", "exp", "show", "--json"], tmp_path, venv_env).stdout
+    assert "fewer-test-rows" in shown
+
     first = (tmp_path / "data/generated/shard-00000.parquet").read_bytes()
 
     params["generate"]["num_tasks"] = 20

@@ -1,0 +1,84 @@
+"""Team services: the project logs and registers through a real MLflow server; one pipeline per checkout."""
+
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import mlflow
+import pytest
+
+from mllm import tracking
+from mllm.registry import register, resolve
+from tests.training_helpers import save_tiny_model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_logs_and_registers_through_an_mlflow_server(tmp_path, monkeypatch, venv_env):
+    port = _free_port()
+    server = subprocess.Popen(
+        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts"],
+        cwd=tmp_path, env=venv_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-3000:]
+                assert time.time() < deadline, "MLflow server did not start"
+                time.sleep(1)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        monkeypatch.chdir(tmp_path)
+        with tracking.run("generate") as run:
+            run.log_metric("tasks", 7)
+        record = register(save_tiny_model(tmp_path / "m"), {"mean_accuracy": {"trained": 0.6, "majority": 0.5}})
+        assert record["promoted"] and record["version"] == "1"
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        runs = mlflow.search_runs(experiment_names=["mllm"])
+        assert 7 in runs["metrics.tasks"].tolist()
+        assert str(client.get_model_version_by_alias("mllm", "champion").version) == "1"
+        assert (resolve("mllm@champion") / "model.safetensors").is_file()  # artifacts served by the server
+        assert (tmp_path / "artifacts").is_dir()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_one_pipeline_at_a_time(tmp_path):
+    from flows.pipeline import pipeline_lock
+
+    order = []
+
+    def second():
+        with pipeline_lock(tmp_path):
+            order.append("second")
+
+    with pipeline_lock(tmp_path):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.5)
+        order.append("first done")
+    t.join(timeout=10)
+    assert order == ["first done", "second"]
+
+
+def test_serve_rejects_a_bad_cron(tmp_path):
+    from typer.testing import CliRunner
+
+    from mllm.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 1\ngenerate: {num_tasks: 4, shard_size: 4}\npipeline: {cron: 'every night'}\n")
+    res = CliRunner().invoke(app, ["serve", "--params", str(params)])
+    assert res.exit_code == 2 and "cron needs 5 fields" in res.output
