@@ -84,9 +84,9 @@ def summary_markdown(repo: Path, states: dict[str, str]) -> str:
     reg = repo / "metrics" / "registry.json"
     if reg.is_file():
         r = json.loads(reg.read_text())
-        lines += ["", "## Registry", "", f"{r['name']} version {r['version']}: "
-                  f"**{'promoted to champion' if r['promoted'] else 'not promoted'}** ({r['reason']}); "
-                  f"champion is version {r['champion_version']}."]
+        decision = "promoted to champion" if r["promoted"] else "not promoted"
+        lines += ["", "## Registry", "", (f"{r['name']} version {r['version']}: **{decision}** ({r['reason']}); "
+                                          f"champion is version {r['champion_version']}.")]
     return "\n".join(lines)
 
 

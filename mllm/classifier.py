@@ -40,12 +40,13 @@ class MLLMClassifier(ClassifierMixin, BaseEstimator):
     n_ensemble : int
         Seeded row/column permutations of the context whose probabilities are averaged.
     max_queries : int
-        Rows answered per sequence (1..50).
+        Rows answered per sequence (1..50). 10 matches how the embedded default model was trained; a model
+        continued-pretrained with 50 queries per sequence (the paper's recipe) can take 50.
     random_state : int or None
         Seed of the permutations (None: 0).
     """
 
-    def __init__(self, model: str | None = None, n_ensemble: int = 1, max_queries: int = 50,
+    def __init__(self, model: str | None = None, n_ensemble: int = 1, max_queries: int = 10,
                  random_state: int | None = None):
         self.model = model
         self.n_ensemble = n_ensemble

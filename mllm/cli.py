@@ -242,6 +242,7 @@ def predict(
     out: Annotated[str | None, typer.Option(help="predictions CSV (default: print)")] = None,
     label: Annotated[str, typer.Option(help="label column name (default: the train CSV's last column)")] = "",
     n_ensemble: Annotated[int, typer.Option(help="permutations averaged")] = 1,
+    max_queries: Annotated[int, typer.Option(help="rows answered per sequence (as the model was trained)")] = 10,
 ) -> None:
     """Predict the rows of a CSV from a labelled CSV, in context."""
     import numpy as np
@@ -268,7 +269,7 @@ def predict(
         from mllm.tokenizer import load_tokenizer
 
         path = resolve(model)
-        pred = Predictor(load_trained(path), load_tokenizer(path), n_ensemble=n_ensemble)
+        pred = Predictor(load_trained(path), load_tokenizer(path), n_ensemble=n_ensemble, max_queries=max_queries)
         classes, proba = pred.predict_proba(X, y, test_df)
     except (InputError, FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         _fail(str(err), 2)

@@ -39,7 +39,7 @@ def predict_table(model, tokenizer, table: pd.DataFrame, config: dict) -> pd.Dat
                               "predict leave it empty)")
     known = table[label].notna() & (table[label].astype(str) != "")
     X = table.drop(columns=[label])
-    pred = Predictor(model, tokenizer, max_queries=int(config.get("max_queries", 50)),
+    pred = Predictor(model, tokenizer, max_queries=int(config.get("max_queries", 10)),
                      n_ensemble=int(config.get("n_ensemble", 1)), seed=int(config.get("seed", 0)))
     classes, proba = pred.predict_proba(X[known], table.loc[known, label], X[~known])
     out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in classes], index=X.index[~known])
@@ -51,6 +51,6 @@ def log_pyfunc(model_dir: Path, config: dict):
     """Log the pyfunc model (the HF dir as artifact ``hf``) into the active run; returns the ModelInfo."""
     return mlflow.pyfunc.log_model(
         name="mllm", python_model=str(Path(__file__).with_name("pyfunc_entry.py")), artifacts={HF_ARTIFACT: str(model_dir)},
-        model_config={"label": "label", "max_queries": 50, "n_ensemble": 1, "seed": 0, **config},
+        model_config={"label": "label", "max_queries": 10, "n_ensemble": 1, "seed": 0, **config},
         pip_requirements=PIP_REQUIREMENTS,
     )

@@ -69,7 +69,7 @@ def resolve(ref: str) -> Path:
     dst = Path(tempfile.mkdtemp(prefix="mllm-model-"))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except Exception as err:  # MlflowException, OSError: report the reference, not a stack
+    except (mlflow.exceptions.MlflowException, OSError) as err:  # report the reference, not a stack
         raise RegistryError(f"model {ref!r} cannot be loaded from the MLflow store at "
                             f"{mlflow.get_tracking_uri()}: {err}") from None
     found = _hf_dir(local)
@@ -209,7 +209,9 @@ def promote(name: str, version: str, reason: str = "manual promotion") -> dict:
 
 
 def _versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
     try:
         return list(client.search_model_versions(f"name='{name}'"))
-    except Exception:  # no such registered model yet
+    except MlflowException:  # no such registered model yet
         return []

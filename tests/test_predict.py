@@ -119,7 +119,7 @@ def test_retrieval_when_the_context_does_not_fit(tok, model):
     """A context over the window is answered with nearest-neighbour shots per chunk, not an error."""
     ctx, y, qry = _tables(n=400, d=8, m=12)
     pred = Predictor(model, tok, cutoff_len=1024)
-    classes, probs = pred.predict_proba(ctx, y, qry)
+    _, probs = pred.predict_proba(ctx, y, qry)
     assert probs.shape == (12, 3) and pred.stats["retrieval_chunks"] >= 2
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -133,3 +133,22 @@ def test_nearest_shots_round_robin_within_budget():
     # each query's 1st neighbour (rows 0 and 3), then each 2nd (rows 4 and 5): 4 rows x 3 tokens = 12
     assert nearest_shots(shots, queries, costs, 12).tolist() == [0, 3, 4, 5]
     assert nearest_shots(shots, queries, costs, 100).tolist() == list(range(6))
+
+
+def test_generate_mode_parses_the_answer_or_names_the_problem(tok, model, monkeypatch):
+    """decode="generate" (models that only return text): a valid JSON answer -> one-hot rows; garbage -> error."""
+    import torch
+
+    ctx, y, qry = _tables(m=3)
+    pred = Predictor(model, tok, decode="generate")
+    with pytest.raises(PredictionError, match="does not parse"):
+        pred.predict_proba(ctx, y, qry)
+
+    def answer(input_ids, **kw):
+        ids = tok('[{"id":0,"label":2},{"id":1,"label":0},{"id":2,"label":1}]<|im_end|>',
+                  add_special_tokens=False)["input_ids"]
+        return torch.cat([input_ids, torch.as_tensor([ids])], dim=1)
+
+    monkeypatch.setattr(model, "generate", answer)
+    _, probs = pred.predict_proba(ctx, y, qry)
+    np.testing.assert_array_equal(probs, np.eye(3)[[2, 0, 1]])

@@ -1,5 +1,7 @@
 """Team services: the project logs and registers through a real MLflow server; one pipeline per checkout."""
 
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -11,6 +13,7 @@ import pytest
 
 from mllm import tracking
 from mllm.registry import register, resolve
+from tests.conftest import ROOT
 from tests.training_helpers import save_tiny_model
 
 
@@ -82,3 +85,46 @@ def test_serve_rejects_a_bad_cron(tmp_path):
     params.write_text("seed: 1\ngenerate: {num_tasks: 4, shard_size: 4}\npipeline: {cron: 'every night'}\n")
     res = CliRunner().invoke(app, ["serve", "--params", str(params)])
     assert res.exit_code == 2 and "cron needs 5 fields" in res.output
+
+
+@pytest.mark.slow
+def test_serve_registers_the_scheduled_pipeline_on_a_prefect_server(tmp_path, venv_env):
+    """`prefect server start` + `mllm serve`: the deployment exists with the cron schedule from params."""
+    import json
+
+    port = _free_port()
+    venv_env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+                    PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=tmp_path, env=venv_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    serve = None
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "Prefect server did not start"
+                time.sleep(1)
+        serve = subprocess.Popen(["mllm", "serve", "--params", str(ROOT / "params.yaml"), "--cron", "15 3 * * *",
+                                  "--repo", str(tmp_path)], cwd=tmp_path,
+                                 env=venv_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        body = json.dumps({"deployments": {"name": {"any_": ["mllm-pipeline"]}}}).encode()
+        while True:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/deployments/filter", data=body,
+                                         headers={"Content-Type": "application/json"})
+            found = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            if found:
+                break
+            assert serve.poll() is None and time.time() < deadline, "deployment never appeared"
+            time.sleep(1)
+        schedules = [s["schedule"].get("cron") for s in found[0]["schedules"]]
+        assert schedules == ["15 3 * * *"] and found[0]["parameters"]["repo"] == str(tmp_path)
+    finally:
+        for proc in (serve, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
