@@ -213,8 +213,10 @@ def register(
     r = _run(params, set_, start)
     typer.echo(f"registered {r['name']} version {r['version']} (alias candidate); "
                f"{'PROMOTED to champion' if r['promoted'] else 'not promoted'}: {r['reason']}")
-    typer.echo(f"champion: {r['name']}@champion = version {r['champion_version']}; "
-               "see it with `mlflow ui --backend-store-uri sqlite:///mlflow.db`")
+    typer.echo(f"champion: {r['name']}@champion = version {r['champion_version']}")
+    typer.echo("where to look: `dvc metrics show` (metrics/*.json), `dvc plots show` (learning curves; PNGs in "
+               "data/evaluate/), `mlflow ui --backend-store-uri sqlite:///mlflow.db` (runs, registry), "
+               f"`mllm predict --model {r['name']}@champion --train a.csv --test b.csv`")
 
 
 @app.command()

@@ -98,7 +98,8 @@ def version_uri(uri: str) -> str:
     mv = alias_version(m.group(1), m.group(2))
     if mv is None:
         raise RegistryError(f"registered model {m.group(1)!r} has no alias {m.group(2)!r} in the MLflow store at "
-                            f"{_mlflow().get_tracking_uri()} (run `dvc repro` to train, evaluate and register one)")
+                            f"{_mlflow().get_tracking_uri()} (run `dvc repro` to train, evaluate and register one; a version "
+                            "that did not win the gate is `candidate`, and `mllm promote <version>` overrides)")
     return f"models:/{m.group(1)}/{mv.version}"
 
 

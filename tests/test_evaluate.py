@@ -34,3 +34,39 @@ def test_baselines_on_iris():
     assert set(rows.model) == set(BASELINES) and set(rows.shots) == {8, 32}  # 1024 > the 120 training rows
     acc = rows[rows.shots == 32].groupby("model").accuracy.mean()
     assert acc["random_forest"] > 0.8 and acc["knn"] > 0.8 and acc["majority"] < 0.5
+
+
+def test_suite_skips_tables_over_the_class_limit_and_names_bad_dirs(tmp_path):
+    import pytest as _pytest
+
+    from mllm.config import EvaluateParams
+    from mllm.evaluate import TableError, load_suite
+
+    (tmp_path / "ok.csv").write_text("a,b,label\n" + "".join(f"{i},x{i % 2},{i % 3}\n" for i in range(30)))
+    (tmp_path / "many.csv").write_text("a,label\n" + "".join(f"{i},{i % 12}\n" for i in range(48)))
+    tables, skipped = load_suite(EvaluateParams(sklearn_datasets=["iris"], csv_dir=str(tmp_path)))
+    assert list(tables) == ["iris", "ok"] and "12 classes" in skipped["many"]
+    with _pytest.raises(TableError, match="is not a directory"):
+        load_suite(EvaluateParams(sklearn_datasets=[], csv_dir=str(tmp_path / "nope")))
+
+
+def test_mostly_numeric_text_columns_become_numeric_with_missing_cells():
+    import pandas as pd
+
+    from mllm.evaluate import coerce_numeric
+
+    df = pd.DataFrame({"x": ["1", "2.5", "?"] + ["3"] * 20, "colour": ["red", "blue", "1"] + ["red"] * 20})
+    out = coerce_numeric(df)
+    assert out["x"].dtype.kind == "f" and out["x"].isna().sum() == 1
+    assert not pd.api.types.is_numeric_dtype(out["colour"])
+
+
+def test_summary_has_the_quality_bar():
+    from mllm.evaluate import summarise
+
+    rows = [{"dataset": "t", "model": m, "shots": n, "seed": 0, "accuracy": acc, "balanced_accuracy": acc,
+             "macro_f1": acc, "roc_auc": 0.5, "log_loss": 1.0}
+            for m, n, acc in [("trained", 8, 0.5), ("trained", 128, 0.8), ("majority", 8, 0.5), ("majority", 128, 0.6)]]
+    s = summarise(rows, {}, "suite")
+    assert s["quality_bar"] == {"shots": 128, "lift_over_majority": 0.2, "rising": True}
+    assert s["mean_accuracy"] == {"majority": 0.55, "trained": 0.65}

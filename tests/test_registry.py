@@ -63,6 +63,10 @@ def test_register_candidate_champion_and_manual_override(tmp_path, store):
     assert (resolve("models:/mllm/1") / "model.safetensors").read_bytes() == (a / "model.safetensors").read_bytes()
     with pytest.raises(RegistryError, match="no alias 'staging'"):
         resolve("mllm@staging")
+    with mlflow.start_run() as run:  # the train stage logs the HF dir as run artifacts: runs:/ works too
+        mlflow.log_artifacts(str(b), artifact_path="model")
+    assert (resolve(f"runs:/{run.info.run_id}/model") / "model.safetensors").read_bytes() == \
+        (b / "model.safetensors").read_bytes()
 
 
 def test_pyfunc_answers_a_table_with_context_and_query_rows(tmp_path, store):
