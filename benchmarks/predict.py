@@ -22,10 +22,9 @@ from _common import ROOT, SHARED_DATASETS, machine  # noqa: E402
 
 
 def _model(path: str):
-    from mllm.model import load_trained
-    from mllm.tokenizer import load_tokenizer
+    from mllm.model import load_trained_with_tokenizer
 
-    return load_trained(path), load_tokenizer(path)
+    return load_trained_with_tokenizer(path)
 
 
 def speed(model, tok, n_rows: int, repeats: int) -> dict:

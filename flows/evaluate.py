@@ -21,11 +21,10 @@ RESULTS = "results.csv"
 
 
 def _llm(path: str, ep, seed: int):
-    from mllm.model import load_trained
+    from mllm.model import load_trained_with_tokenizer
     from mllm.predict import Predictor
-    from mllm.tokenizer import load_tokenizer
 
-    pred = Predictor(load_trained(path), load_tokenizer(path), max_queries=ep.max_queries,
+    pred = Predictor(*load_trained_with_tokenizer(path), max_queries=ep.max_queries,
                      n_ensemble=ep.n_ensemble, seed=seed)
     return pred.predict_proba
 

@@ -19,13 +19,12 @@ _loaded: dict[str, tuple] = {}  # resolved model dir -> (model, tokenizer): clon
 
 
 def _load(ref: str):
-    from mllm.model import load_trained
+    from mllm.model import load_trained_with_tokenizer
     from mllm.registry import resolve
-    from mllm.tokenizer import load_tokenizer
 
     path = str(resolve(ref))
     if path not in _loaded:
-        _loaded[path] = (load_trained(path), load_tokenizer(path))
+        _loaded[path] = load_trained_with_tokenizer(path)
     return _loaded[path]
 
 

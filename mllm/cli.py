@@ -265,13 +265,12 @@ def predict(
         if missing:
             raise InputError(f"{test}: missing the context's columns {missing[:5]}")
         test_df = coerce_numeric(test_df[list(X.columns)])
-        from mllm.model import load_trained
+        from mllm.model import load_trained_with_tokenizer
         from mllm.predict import Predictor
         from mllm.registry import resolve
-        from mllm.tokenizer import load_tokenizer
 
-        path = resolve(model)
-        pred = Predictor(load_trained(path), load_tokenizer(path), n_ensemble=n_ensemble, max_queries=max_queries)
+        pred = Predictor(*load_trained_with_tokenizer(resolve(model)), n_ensemble=n_ensemble,
+                         max_queries=max_queries)
         classes, proba = pred.predict_proba(X, y, test_df)
     except (InputError, FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         _fail(str(err), 2)
@@ -340,12 +339,11 @@ def score_corpus(
     from pathlib import Path
 
     from mllm.corpus import read_corpus
-    from mllm.model import ModelError, load_trained
+    from mllm.model import ModelError, load_trained_with_tokenizer
     from mllm.scoring import evaluate_corpus
-    from mllm.tokenizer import load_tokenizer
 
     try:
-        m, tok = load_trained(model), load_tokenizer(model)
+        m, tok = load_trained_with_tokenizer(model)
     except (ModelError, FileNotFoundError) as err:
         _fail(str(err), 2)
     rows = []

@@ -100,6 +100,13 @@ def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
                          f"{mp.base!r}: {err}") from None
 
 
+def load_trained_with_tokenizer(path: str | Path):
+    """(model, tokenizer) of a trained model directory: what every prediction entry point needs."""
+    from mllm.tokenizer import load_tokenizer
+
+    return load_trained(path), load_tokenizer(path)
+
+
 def load_trained(path: str | Path):
     """A trained model directory (``data/train/model``): a full model, or a LoRA adapter on its base."""
     import torch

@@ -241,6 +241,7 @@ class Predictor:
         if fits_all:
             prefix = self._ids(self._prefix_text(shots, shot_ids, k))
             cache = self._run_prefix(prefix) if self.cache_prefix and self.decode != "generate" else None
+        guess = int(np.bincount(shot_ids, minlength=k).argmax())  # the shots' majority class
         for start in range(0, queries.shape[0], chunk):
             q = queries[start:start + chunk]
             if not fits_all:  # nearest-neighbour shots for this chunk
@@ -253,7 +254,6 @@ class Predictor:
                 out[start:start + chunk] = self._generate_chunk(prefix, q, k)
                 continue
             c = cache if (fits_all and self.cache_prefix) else self._run_prefix(prefix)
-            guess = int(np.bincount(shot_ids, minlength=k).argmax())  # the shots' majority class
             out[start:start + chunk] = self._score_chunk(c, len(prefix), q, cand, guess)
         return out
 

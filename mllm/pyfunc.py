@@ -19,11 +19,9 @@ PIP_REQUIREMENTS = ["mllm", "torch==2.13.0", "transformers", "peft", "pandas", "
 
 class MLLMPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from mllm.model import load_trained
-        from mllm.tokenizer import load_tokenizer
+        from mllm.model import load_trained_with_tokenizer
 
-        path = context.artifacts[HF_ARTIFACT]
-        self.model, self.tokenizer = load_trained(path), load_tokenizer(path)
+        self.model, self.tokenizer = load_trained_with_tokenizer(context.artifacts[HF_ARTIFACT])
         self.config = dict(context.model_config or {})
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

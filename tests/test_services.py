@@ -23,6 +23,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for(url: str, proc: subprocess.Popen, what: str, seconds: float) -> None:
+    """Poll ``url`` until it answers; fail if ``proc`` exits or ``seconds`` pass."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, f"{what} did not start"
+            time.sleep(1)
+
+
 @pytest.mark.slow
 def test_logs_and_registers_through_an_mlflow_server(tmp_path, monkeypatch, venv_env):
     port = _free_port()
@@ -30,17 +42,9 @@ def test_logs_and_registers_through_an_mlflow_server(tmp_path, monkeypatch, venv
         ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts"],
-        cwd=tmp_path, env=venv_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path, env=venv_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()[-3000:]
-                assert time.time() < deadline, "MLflow server did not start"
-                time.sleep(1)
+        _wait_for(f"http://127.0.0.1:{port}/health", server, "MLflow server", 120)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         monkeypatch.chdir(tmp_path)
         with tracking.run("generate") as run:
@@ -100,14 +104,8 @@ def test_serve_registers_the_scheduled_pipeline_on_a_prefect_server(tmp_path, ve
                               start_new_session=True)
     serve = None
     try:
+        _wait_for(f"http://127.0.0.1:{port}/api/health", server, "Prefect server", 180)
         deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "Prefect server did not start"
-                time.sleep(1)
         serve = subprocess.Popen(["mllm", "serve", "--params", str(ROOT / "params.yaml"), "--cron", "15 3 * * *",
                                   "--repo", str(tmp_path)], cwd=tmp_path,
                                  env=venv_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
