@@ -332,15 +332,18 @@ def score_corpus(
     model: Annotated[str, typer.Option(help="trained model dir (full model or LoRA adapter)")],
     corpus: Annotated[str, typer.Option(help="corpus dir of shard-*.parquet (e.g. data/corpus/full)")],
     limit: Annotated[int, typer.Option(help="sequences to score")] = 200,
+    by_position: Annotated[bool, typer.Option(help="also every shot label, by position, vs majority and kNN")] = False,
 ) -> None:
     """Label-scoring accuracy of a trained model on encoded (e.g. held-out synthetic) sequences, next to
-    the majority class of each task's shots. Teacher-forced: a quick progress measure, not the evaluation."""
+    the majority class of each task's shots. Teacher-forced: a quick progress measure, not the evaluation.
+    ``--by-position`` adds each shot label scored from the rows before it, next to the majority class and a
+    5-nearest-neighbour vote on those rows (does the model use the features at all?)."""
     import json
     from pathlib import Path
 
     from mllm.corpus import read_corpus
     from mllm.model import ModelError, load_trained_with_tokenizer
-    from mllm.scoring import evaluate_corpus
+    from mllm.scoring import evaluate_corpus, shot_label_accuracy
 
     try:
         m, tok = load_trained_with_tokenizer(model)
@@ -351,7 +354,10 @@ def score_corpus(
         rows.extend(read_corpus(path).select(["messages", "n_classes"]).to_pylist())
     if not rows:
         _fail(f"no corpus shards under {corpus}", 2)
-    typer.echo(json.dumps({"model": model, "sequences": min(limit, len(rows)), **evaluate_corpus(m, tok, rows[:limit])}))
+    out = {"model": model, "sequences": min(limit, len(rows)), **evaluate_corpus(m, tok, rows[:limit])}
+    if by_position:
+        out["shot_labels"] = shot_label_accuracy(m, tok, rows[:limit])
+    typer.echo(json.dumps(out))
 
 
 def main() -> None:  # pragma: no cover

@@ -10,7 +10,8 @@ import yaml
 
 from tests.conftest import ROOT
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mllm", "flows"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mllm", "flows",
+                 "models/tiny-base/model.safetensors", "models/tiny-base/config.json"]  # train's deps
 
 
 def _copy_project(dst):
@@ -19,6 +20,7 @@ def _copy_project(dst):
         if src.is_dir():
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / name)
     (dst / ".dvc").mkdir()
     shutil.copy2(ROOT / ".dvc" / "config", dst / ".dvc" / "config")

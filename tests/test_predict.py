@@ -104,12 +104,14 @@ def test_without_prefix_cache_same_probabilities(tok, model):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_parallel_decoding_equals_sequential(tok, model):
-    """Jacobi decoding reaches the sequential greedy answer: same probabilities, fewer passes."""
+@pytest.mark.parametrize("items_per_pass", [3, 8, 50])
+def test_parallel_decoding_equals_sequential(tok, model, items_per_pass):
+    """Jacobi decoding (the whole chunk or a few items per pass) reaches the sequential greedy
+    answer: same probabilities, fewer passes."""
     ctx, y, qry = _tables(m=20)
     enc = encode_tables(ctx, y, qry)
     seq = Predictor(model, tok, max_queries=20, decode="sequential")
-    par = Predictor(model, tok, max_queries=20)
+    par = Predictor(model, tok, max_queries=20, items_per_pass=items_per_pass)
     a, b = seq.predict_proba_encoded(enc), par.predict_proba_encoded(enc)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert seq.stats["passes"] == 20 and par.stats["passes"] < 20

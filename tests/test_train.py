@@ -221,3 +221,45 @@ def test_corpus_with_no_sequences_is_refused(tmp_path, data):
         pq.write_table(pa.Table.from_pylist([], schema=CORPUS_SCHEMA), tmp_path / "c" / name / "shard-00000.parquet")
     with pytest.raises(TrainingError, match="the warmup corpus is empty"):
         run_training(parse_params(raw_params()), tmp_path / "c", str(tok_dir), tmp_path / "out")
+
+
+def test_shot_label_accuracy_reads_each_shot_label_from_the_rows_before_it(data, tok):
+    import torch
+
+    from mllm.corpus import read_corpus
+    from mllm.prompt import parse_user_prompt
+    from mllm.scoring import label_token_ids, shot_label_accuracy
+
+    _, corpus = data
+    rows = read_corpus(corpus / "full" / "shard-00000.parquet").slice(0, 3).to_pylist()
+
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+
+    class Oracle:  # puts all mass on the next token: right only if the label positions are right
+        def eval(self):
+            return self
+
+        def __call__(self, input_ids):
+            ids = input_ids[0]
+            logits = torch.zeros(1, ids.numel(), len(tok))
+            logits[0, torch.arange(ids.numel() - 1), ids[1:]] = 1.0
+            return Out(logits)
+
+    class AlwaysZero(Oracle):
+        def __call__(self, input_ids):
+            logits = torch.zeros(1, input_ids.shape[1], len(tok))
+            logits[0, :, label_token_ids(tok, 2)[0]] = 1.0
+            return Out(logits)
+
+    res = shot_label_accuracy(Oracle(), tok, rows)
+    assert sum(r["labels"] for r in res) == sum(parse_user_prompt(r["messages"][1]["content"])["shots"].shape[0] - 1
+                                                for r in rows)
+    assert all(r["model"] == 1.0 for r in res if r["labels"])
+    zero = shot_label_accuracy(AlwaysZero(), tok, rows)
+    labels = np.concatenate([parse_user_prompt(r["messages"][1]["content"])["shot_labels"][1:] for r in rows])
+    n = np.array([r["labels"] for r in zero])
+    got = sum(r["model"] * c for r, c in zip(zero, n) if c) / n.sum()
+    assert got == pytest.approx(np.mean(labels == 0))
+    assert all(0 <= r["majority"] <= 1 and 0 <= r["knn5"] <= 1 for r in zero if r["labels"])
