@@ -87,6 +87,8 @@ class Predictor:
                  min_shots: int = 8, items_per_pass: int = 8):
         if not 1 <= max_queries <= prompt.MAX_QUERIES:
             raise PredictionError(f"max_queries must be 1..{prompt.MAX_QUERIES}, got {max_queries}")
+        if items_per_pass < 1:
+            raise PredictionError(f"items_per_pass must be at least 1, got {items_per_pass}")
         if decode not in ("parallel", "sequential", "generate"):
             raise PredictionError(f"decode must be parallel, sequential or generate, got {decode!r}")
         self.model, self.tokenizer = model.eval(), tokenizer

@@ -76,7 +76,7 @@ def shot_label_accuracy(model, tokenizer, rows: list[dict], buckets=SHOT_BUCKETS
     from sklearn.neighbors import KNeighborsClassifier
 
     from mllm.prompt import parse_user_prompt
-    from mllm.training_data import tokenize_example
+    from mllm.training_data import IGNORE, tokenize_example
 
     hits = np.zeros((len(buckets), 3))
     counts = np.zeros(len(buckets), dtype=np.int64)
@@ -86,7 +86,7 @@ def shot_label_accuracy(model, tokenizer, rows: list[dict], buckets=SHOT_BUCKETS
         table = parse_user_prompt(msgs[1]["content"])
         X, y = table["shots"].astype(np.float64), table["shot_labels"]
         ex = tokenize_example(tokenizer, msgs, shot_label_loss=True)
-        pos = np.flatnonzero(ex["labels"] != -100)[: y.size]  # shot labels come before the answer
+        pos = np.flatnonzero(ex["labels"] != IGNORE)[: y.size]  # shot labels come before the answer
         cand = label_token_ids(tokenizer, k)
         if not np.array_equal(ex["input_ids"][pos], np.asarray(cand)[y]):
             raise ValueError("shot label positions do not hold the shot labels (tokenizer mismatch?)")

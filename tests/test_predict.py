@@ -115,6 +115,8 @@ def test_parallel_decoding_equals_sequential(tok, model, items_per_pass):
     a, b = seq.predict_proba_encoded(enc), par.predict_proba_encoded(enc)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert seq.stats["passes"] == 20 and par.stats["passes"] < 20
+    with pytest.raises(PredictionError, match="items_per_pass must be at least 1"):
+        Predictor(model, tok, items_per_pass=0)
 
 
 def test_retrieval_when_the_context_does_not_fit(tok, model):
