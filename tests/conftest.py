@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,3 +47,21 @@ def venv_env():
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 60) -> None:
+    """Stop a server a test started: SIGTERM (to its whole process group when it leads one, so workers go
+    too), then SIGKILL if it is still up after ``grace`` seconds: nothing may outlive the test."""
+    if proc is None or proc.poll() is not None:
+        return
+    group = os.getpgid(proc.pid) == proc.pid
+
+    def send(sig):
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from mllm.cli import app
 from mllm.registry import RegistryError, decide, promote, register, resolve
+from tests.conftest import stop_process
 from tests.training_helpers import save_tiny_model
 
 
@@ -156,8 +157,7 @@ def test_mlflow_models_serve_answers_requests(tmp_path, store, venv_env):
                 assert time.time() < deadline, "server did not answer within 120 s"
                 time.sleep(1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc, grace=30)
     preds = answer["predictions"]
     assert len(preds) == 2 and {p["prediction"] for p in preds} <= {"pos", "neg"}
     assert abs(preds[0]["proba_neg"] + preds[0]["proba_pos"] - 1) < 1e-5

@@ -1,7 +1,5 @@
 """Team services: the project logs and registers through a real MLflow server; one pipeline per checkout."""
 
-import os
-import signal
 import socket
 import subprocess
 import threading
@@ -13,7 +11,7 @@ import pytest
 
 from mllm import tracking
 from mllm.registry import register, resolve
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_process
 from tests.training_helpers import save_tiny_model
 
 
@@ -58,8 +56,7 @@ def test_logs_and_registers_through_an_mlflow_server(tmp_path, monkeypatch, venv
         assert (resolve("mllm@champion") / "model.safetensors").is_file()  # artifacts served by the server
         assert (tmp_path / "artifacts").is_dir()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server, grace=30)
 
 
 def test_one_pipeline_at_a_time(tmp_path):
@@ -127,11 +124,5 @@ def test_serve_registers_the_scheduled_pipeline_on_a_prefect_server(tmp_path, ve
         schedules = [s["schedule"].get("cron") for s in found[0]["schedules"]]
         assert schedules == ["15 3 * * *"] and found[0]["parameters"]["repo"] == str(tmp_path)
     finally:
-        for proc in (serve, server):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:  # a server slow to stop must not outlive the test
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=30)
+        stop_process(serve)
+        stop_process(server)
