@@ -138,9 +138,11 @@ def test_mlflow_models_serve_answers_requests(tmp_path, store, venv_env):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     venv_env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "serve.log"  # a file, not a pipe: output nobody reads cannot stall the server
+    out = log.open("w")
     proc = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/mllm@champion", "--env-manager", "local",
                              "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=venv_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=out, stderr=subprocess.STDOUT)
     try:
         rows = [[0.1 * i, "u" if i % 2 else "v", "pos" if i % 3 else "neg"] for i in range(20)]
         rows += [[0.5, "u", None], [-0.5, "v", None]]
@@ -153,11 +155,12 @@ def test_mlflow_models_serve_answers_requests(tmp_path, store, venv_env):
                 answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
                 break
             except OSError:
-                assert proc.poll() is None, proc.stdout.read()[-3000:]
+                assert proc.poll() is None, log.read_text()[-3000:]
                 assert time.time() < deadline, "server did not answer within 120 s"
                 time.sleep(1)
     finally:
         stop_process(proc, grace=30)
+        out.close()
     preds = answer["predictions"]
     assert len(preds) == 2 and {p["prediction"] for p in preds} <= {"pos", "neg"}
     assert abs(preds[0]["proba_neg"] + preds[0]["proba_pos"] - 1) < 1e-5
