@@ -27,6 +27,17 @@ def test_metrics_from_sklearn():
     assert m["balanced_accuracy"] == pytest.approx(0.75)
 
 
+def test_metrics_quiet_when_the_test_split_lacks_a_predicted_class():
+    import warnings
+
+    classes = np.array([0, 1, 2])
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        out = metrics(np.array([0, 1, 1]), classes, proba)  # class 2 predicted, absent from y_true
+    assert out["accuracy"] == pytest.approx(2 / 3)
+
+
 def test_baselines_on_iris():
     X, y = sklearn_datasets()["iris"]
     models = {b: baseline(b, 0) for b in BASELINES}
