@@ -96,6 +96,20 @@ def encode_task(task: Task, tokenizer, seed: int, ep: EncodeParams) -> Sequence:
                          min(ep.min_shots, s))
 
 
+def corpus_record(task_id: int, prior: str, n_features: int, n_classes: int, n_queries: int, seq: Sequence) -> dict:
+    """One corpus row (``CORPUS_SCHEMA``) for an encoded task."""
+    return {"task_id": task_id, "prior": prior, "n_features": n_features, "n_classes": n_classes,
+            "n_shots": seq.n_shots, "n_dropped": seq.n_dropped, "n_queries": n_queries, "n_tokens": seq.n_tokens,
+            "messages": seq.messages}
+
+
+def write_corpus_shard(records: list[dict], path: str | Path) -> None:
+    """Write corpus rows as one Parquet shard, atomically."""
+    table = pa.Table.from_pylist(records, schema=CORPUS_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
 def encode_shard(shard: str | Path, out_path: str | Path, tokenizer, seed: int, ep: EncodeParams) -> dict:
     """Encode one filtered shard into a corpus shard; returns counts (skipped tasks by reason)."""
     records, skipped = [], Counter()
@@ -105,14 +119,9 @@ def encode_shard(shard: str | Path, out_path: str | Path, tokenizer, seed: int, 
         except ContextTooLong:
             skipped["context_too_long"] += 1
             continue
-        records.append({
-            "task_id": task.task_id, "prior": task.prior, "n_features": task.n_features,
-            "n_classes": task.n_classes, "n_shots": seq.n_shots, "n_dropped": seq.n_dropped,
-            "n_queries": min(task.n_queries, ep.max_queries), "n_tokens": seq.n_tokens, "messages": seq.messages,
-        })
-    table = pa.Table.from_pylist(records, schema=CORPUS_SCHEMA)
-    with atomic_path(out_path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        records.append(corpus_record(task.task_id, task.prior, task.n_features, task.n_classes,
+                                     min(task.n_queries, ep.max_queries), seq))
+    write_corpus_shard(records, out_path)
     tokens = np.array([r["n_tokens"] for r in records], dtype=np.int64)
     cells = sum((r["n_shots"] + r["n_queries"]) * (r["n_features"] + 1) for r in records)
     return {

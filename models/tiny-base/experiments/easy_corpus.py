@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mllm.corpus import CORPUS_SCHEMA, fit_to_budget
+from mllm.corpus import corpus_record, fit_to_budget, write_corpus_shard
 from mllm.encoding import quantise
 from mllm.tokenizer import load_tokenizer
 
@@ -41,9 +39,7 @@ for t in range(n):
     K = int(y.max()) + 1
     shots, queries = quantise(X[:m], X[m:])
     seq = fit_to_budget(tok, shots, y[:m], queries, y[m:], K, 2048, 8)
-    recs.append({"task_id": t, "prior": "easy", "n_features": d, "n_classes": K, "n_shots": seq.n_shots,
-                 "n_dropped": seq.n_dropped, "n_queries": q, "n_tokens": seq.n_tokens, "messages": seq.messages})
+    recs.append(corpus_record(t, "easy", d, K, q, seq))
 for name in ("full", "warmup"):
-    Path(out, name).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(recs, schema=CORPUS_SCHEMA), f"{out}/{name}/shard-00000.parquet")
+    write_corpus_shard(recs, Path(out, name, "shard-00000.parquet"))
 print(len(recs), sum(r["n_tokens"] for r in recs))

@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mllm.corpus import CORPUS_SCHEMA, fit_to_budget
+from mllm.corpus import corpus_record, fit_to_budget, write_corpus_shard
 from mllm.tokenizer import load_tokenizer
 
 out, n, dmin, dmax, umin, umax, smin, smax, seed = sys.argv[1], *map(int, sys.argv[2:10])
@@ -33,9 +31,7 @@ for t in range(n):
     y, yq = yR[idx], yR[qi]
     if len(np.unique(y)) < 2: continue
     seq = fit_to_budget(tok, shots, y, queries, yq, k, 2048, 8)
-    recs.append({"task_id": t, "prior": "recall", "n_features": d, "n_classes": k, "n_shots": seq.n_shots,
-                 "n_dropped": seq.n_dropped, "n_queries": q, "n_tokens": seq.n_tokens, "messages": seq.messages})
+    recs.append(corpus_record(t, "recall", d, k, q, seq))
 for name in ("full", "warmup"):
-    Path(out, name).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(recs, schema=CORPUS_SCHEMA), f"{out}/{name}/shard-00000.parquet")
+    write_corpus_shard(recs, Path(out, name, "shard-00000.parquet"))
 print(len(recs), sum(r["n_tokens"] for r in recs))
