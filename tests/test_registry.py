@@ -139,10 +139,10 @@ def test_mlflow_models_serve_answers_requests(tmp_path, store, venv_env):
         port = s.getsockname()[1]
     venv_env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "serve.log"  # a file, not a pipe: output nobody reads cannot stall the server
-    out = log.open("w")
-    proc = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/mllm@champion", "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=venv_env,
-                            stdout=out, stderr=subprocess.STDOUT)
+    with log.open("w") as out:  # the child keeps its own handle
+        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/mllm@champion", "--env-manager",
+                                 "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=venv_env,
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         rows = [[0.1 * i, "u" if i % 2 else "v", "pos" if i % 3 else "neg"] for i in range(20)]
         rows += [[0.5, "u", None], [-0.5, "v", None]]
@@ -160,7 +160,6 @@ def test_mlflow_models_serve_answers_requests(tmp_path, store, venv_env):
                 time.sleep(1)
     finally:
         stop_process(proc, grace=30)
-        out.close()
     preds = answer["predictions"]
     assert len(preds) == 2 and {p["prediction"] for p in preds} <= {"pos", "neg"}
     assert abs(preds[0]["proba_neg"] + preds[0]["proba_pos"] - 1) < 1e-5
