@@ -4,10 +4,10 @@
 
 Measured in one run: (1) the machine's dense matmul FLOP/s in bf16 and fp32 (square matmuls, the
 physical limit of what training can reach here); (2) training steps of the default tiny model
-(`model.tiny` in params.yaml: forward, backward, AdamW) on full-length sequences, in bf16 autocast and in
-fp32. Achieved FLOP/s = tokens/s x FLOPs per token, counted as 6 x (non-embedding parameters + the tied
-output projection) + 12 x layers x hidden x sequence length (attention scores and values, forward and
-backward). The last line is achieved training FLOP/s over the matmul FLOP/s of the precision the trainer
+(the architecture of `model.base` in params.yaml, i.e. the committed embedded base, randomly initialised:
+forward, backward, AdamW on all weights) on full-length sequences, in bf16 autocast and in fp32. Achieved FLOP/s = tokens/s x FLOPs per token, counted as 6 x (non-embedding parameters + the tied
+output projection) + 12 x layers x (heads x head_dim) x sequence length (attention scores and values,
+forward and backward). The last line is achieved training FLOP/s over the matmul FLOP/s of the precision the trainer
 picks here (`train.mixed_precision: auto`): bf16 on CPUs with AVX512-BF16 or AMX (target >= 0.5), fp32
 elsewhere. Without native bf16, torch emulates bf16 matmuls hundreds of times slower than fp32, so a bf16
 training run there would measure only the emulation: it is skipped and said so.
@@ -40,17 +40,18 @@ def matmul_flops(dtype, n: int, seconds: float) -> float:
 def train_throughput(bf16: bool, seq_len: int, steps: int) -> dict:
     import torch
 
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     from mllm.config import load_params
-    from mllm.model import tiny_config
+    from mllm.model import resolve_base, tiny_config
     from mllm.tokenizer import build_tokenizer
 
     params = load_params(ROOT / "params.yaml")
     tok = build_tokenizer(params.tokenizer.numbers)
-    from transformers import Qwen2ForCausalLM
-
     torch.manual_seed(0)
-    cfg = tiny_config(params.model, tok)
-    model = Qwen2ForCausalLM(cfg)
+    base = params.model.base
+    cfg = tiny_config(params.model, tok) if base == "scratch" else AutoConfig.from_pretrained(resolve_base(base))
+    model = AutoModelForCausalLM.from_config(cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, len(tok), (1, seq_len))
@@ -72,10 +73,17 @@ def train_throughput(bf16: bool, seq_len: int, steps: int) -> dict:
     emb = cfg.vocab_size * cfg.hidden_size
     n_params = sum(p.numel() for p in model.parameters())
     dense = (n_params - emb) + emb  # non-embedding weights + the tied output projection (a real matmul)
-    flops_per_token = 6 * dense + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    flops_per_token = 6 * dense + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len
     tokens_per_s = steps * seq_len / seconds
     return {"tokens_per_s": tokens_per_s, "flops": tokens_per_s * flops_per_token, "params": n_params,
             "flops_per_token": flops_per_token}
+
+
+def params_base() -> str:
+    from mllm.config import load_params
+
+    return load_params(ROOT / "params.yaml").model.base
 
 
 def main() -> None:
@@ -98,7 +106,7 @@ def main() -> None:
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"matmul: bf16 {peak_bf16 / 1e12:.4f} TFLOP/s, fp32 {peak_fp32 / 1e12:.3f} TFLOP/s "
           f"(bf16/fp32 {peak_bf16 / peak_fp32:.2f}x; native bf16: {'yes' if native_bf16 else 'no'})")
-    print(f"tiny model: {fp32['params'] / 1e6:.2f}M params, {fp32['flops_per_token'] / 1e6:.1f} MFLOP/token, "
+    print(f"default base ({params_base()}): {fp32['params'] / 1e6:.2f}M params, {fp32['flops_per_token'] / 1e6:.1f} MFLOP/token, "
           f"sequences of {seq_len} tokens")
     if bf16 is not None:
         print(f"train bf16: {bf16['tokens_per_s']:.0f} tokens/s, {bf16['flops'] / 1e12:.3f} TFLOP/s")

@@ -327,6 +327,27 @@ def serve(
     pipeline_flow.serve(name=pp.deployment, cron=pp.cron, parameters={"repo": str(Path(repo).resolve())})
 
 
+@app.command("plant-base")
+def plant_base(
+    out: Annotated[str, typer.Option(help="output model directory")] = "models/tiny-base",
+    tau: Annotated[float, typer.Option(help="kernel sharpness per unit of summed value similarity")] = 1.5,
+    nfreq: Annotated[int, typer.Option(help="frequencies of the value code")] = 8,
+    sigma_f: Annotated[float, typer.Option(help="Gaussian taper of the value code's frequencies")] = 3.0,
+    seed: Annotated[int, typer.Option(help="seed of the random codes and rotations")] = 42,
+) -> None:
+    """Compile the embedded base: a kernel-vote in-context classifier written into Qwen2 weights
+    (mllm/plant.py), with the embedded tokenizer. Deterministic: the same options give the same bytes."""
+    from mllm.plant import PlantSettings, save_planted
+    from mllm.tokenizer import build_tokenizer
+
+    try:
+        settings = PlantSettings(tau=tau, nfreq=nfreq, sigma_f=sigma_f, seed=seed)
+    except ValueError as err:
+        _fail(str(err), 2)
+    rec = save_planted(out, build_tokenizer("whole"), settings)
+    typer.echo(f"planted kernel-vote base ({rec['params'] / 1e6:.1f}M params, sha256 {rec['model_sha256'][:12]}) -> {out}")
+
+
 @app.command("score-corpus")
 def score_corpus(
     model: Annotated[str, typer.Option(help="trained model dir (full model or LoRA adapter)")],

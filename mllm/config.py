@@ -188,6 +188,9 @@ class TrainParams(_Strict):
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     shot_label_loss: bool = True
+    answer_loss: Literal["all", "labels"] = Field(
+        default="all", description="all: the whole JSON answer carries loss (the paper); labels: only its "
+        "label values (a model read by label scoring that never writes the JSON, e.g. the compiled base)")
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     gradient_checkpointing: Literal["auto"] | bool = "auto"  # auto: on for CUDA, off on CPU
     checkpoint_every: int = Field(default=50, ge=1, description="optimizer steps between checkpoints")

@@ -154,7 +154,7 @@ def run_training(
         if si < start_stage:
             continue
         ds = CorpusDataset(corpus_paths(corpus_dir, stage.corpus), tokenizer, tp.shot_label_loss,
-                           seed=params.seed + si, max_examples=stage.max_examples)
+                           seed=params.seed + si, max_examples=stage.max_examples, answer_loss=tp.answer_loss)
         dl = DataLoader(ds, batch_size=tp.batch_size, shuffle=False, num_workers=0,
                         collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
         optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=tp.weight_decay)

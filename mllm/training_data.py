@@ -1,18 +1,21 @@
 """Corpus sequences -> token ids and loss labels.
 
-Only the answer carries loss (the JSON array and the closing ``<|im_end|>``), plus, when
-``shot_label_loss`` is on, the label of every shot row (each predicted from the rows before it: the same
-skill, learned from every row instead of 50 queries).
+Only the answer carries loss (the JSON array and the closing ``<|im_end|>``; with ``answer_loss="labels"``
+only the label values in it, for a model that is read by label scoring and never writes the JSON), plus,
+when ``shot_label_loss`` is on, the label of every shot row (each predicted from the rows before it: the
+same skill, learned from every row instead of 50 queries).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 IGNORE = -100
+_ANSWER_LABEL = re.compile(r'"label":(\d+)')
 
 
 def shot_label_spans(user: str) -> list[tuple[int, int]]:
@@ -34,8 +37,11 @@ def shot_label_spans(user: str) -> list[tuple[int, int]]:
     return spans
 
 
-def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool) -> dict:
-    """``input_ids`` and ``labels`` (IGNORE where no loss) of one system/user/assistant sequence."""
+def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool, answer_loss: str = "all") -> dict:
+    """``input_ids`` and ``labels`` (IGNORE where no loss) of one system/user/assistant sequence;
+    ``answer_loss``: "all" (the whole answer) or "labels" (only its label values)."""
+    if answer_loss not in ("all", "labels"):
+        raise ValueError(f"answer_loss must be 'all' or 'labels', not {answer_loss!r}")
     if [m["role"] for m in messages] != ["system", "user", "assistant"]:
         raise ValueError("a training sequence must be system, user, assistant messages")
     prompt = tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
@@ -49,12 +55,19 @@ def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool) -> 
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    mask = (offsets[:, 0] >= len(prompt)) & (offsets[:, 1] <= answer_end) & (offsets[:, 1] > offsets[:, 0])
+    real = offsets[:, 1] > offsets[:, 0]
+    if answer_loss == "all":
+        mask = (offsets[:, 0] >= len(prompt)) & (offsets[:, 1] <= answer_end) & real
+    else:
+        mask = np.zeros(len(ids), dtype=bool)
+        for hit in _ANSWER_LABEL.finditer(messages[2]["content"]):
+            a, b = len(prompt) + hit.start(1), len(prompt) + hit.end(1)
+            mask |= (offsets[:, 0] >= a) & (offsets[:, 1] <= b) & real
     if shot_label_loss:
         user_at = full.find(messages[1]["content"])
         for a, b in shot_label_spans(messages[1]["content"]):
             a, b = a + user_at, b + user_at
-            mask |= (offsets[:, 0] >= a) & (offsets[:, 1] <= b) & (offsets[:, 1] > offsets[:, 0])
+            mask |= (offsets[:, 0] >= a) & (offsets[:, 1] <= b) & real
     labels = np.where(mask, ids, IGNORE)
     return {"input_ids": ids, "labels": labels}
 
@@ -63,7 +76,7 @@ class CorpusDataset:
     """A map-style dataset over corpus shards, tokenized on access, in a seeded order."""
 
     def __init__(self, paths: list[str | Path], tokenizer, shot_label_loss: bool, seed: int,
-                 max_examples: int | None = None):
+                 max_examples: int | None = None, answer_loss: str = "all"):
         from mllm.corpus import read_corpus
 
         rows = []
@@ -77,12 +90,13 @@ class CorpusDataset:
         self.rows = [rows[i] for i in order]
         self.tokenizer = tokenizer
         self.shot_label_loss = shot_label_loss
+        self.answer_loss = answer_loss
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        return tokenize_example(self.tokenizer, self.rows[i], self.shot_label_loss)
+        return tokenize_example(self.tokenizer, self.rows[i], self.shot_label_loss, self.answer_loss)
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:

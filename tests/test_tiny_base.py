@@ -14,11 +14,14 @@ pytestmark = pytest.mark.skipif(not (TINY_BASE_DIR / "config.json").is_file(), r
 
 
 def test_base_is_complete_and_documented():
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "training_log.json",
-                 "params.yaml"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "plant.json"):
         assert (TINY_BASE_DIR / name).is_file(), name
-    log = json.loads((TINY_BASE_DIR / "training_log.json").read_text())
-    assert log["history"] and log["tokens_this_run"] > 0
+    assert json.loads((TINY_BASE_DIR / "plant.json").read_text())["kind"] == "kernel-vote (compiled)"
+    # the pretrained versions it replaced stay documented beside it
+    for version in ("v0", "v1"):
+        log = json.loads((TINY_BASE_DIR / f"training_log_{version}.json").read_text())
+        assert log["history"] and log["tokens_this_run"] > 0
+        assert (TINY_BASE_DIR / f"params_{version}.yaml").is_file()
 
 
 def test_pipeline_tokenizer_is_the_base_tokenizer():

@@ -49,6 +49,18 @@ def test_loss_mask_with_shot_labels(tok):
     assert shot_label_spans("[Training set]\n1,2|1\n3,4|0\n\n[Test set]") == [(19, 20), (25, 26)]
 
 
+def test_loss_mask_on_answer_labels_only(tok):
+    ex = tokenize_example(tok, _msgs(), shot_label_loss=True, answer_loss="labels")
+    labelled = np.flatnonzero(ex["labels"] != IGNORE)
+    # three shot labels, then the two answer label values: no JSON structure, no ids, no <|im_end|>
+    assert [tok.decode([i]) for i in ex["input_ids"][labelled]] == ["1", "0", "1", "0", "1"]
+    answer_start = len(ex["input_ids"]) - len(tok.encode('[{"id":0,"label":0},{"id":1,"label":1}]<|im_end|>',
+                                                           add_special_tokens=False))
+    assert (labelled[3:] > answer_start).all()
+    with pytest.raises(ValueError, match="answer_loss"):
+        tokenize_example(tok, _msgs(), shot_label_loss=True, answer_loss="json")
+
+
 def test_scratch_requires_full_training():
     with pytest.raises(ParamsError, match="model.*scratch.*full"):
         parse_params(raw_params(model={"adapter": "lora"}))

@@ -1,0 +1,69 @@
+"""The compiled kernel-vote base: deterministic, a real in-context classifier, the committed base is it."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from mllm import MLLMClassifier
+from mllm.model import TINY_BASE_DIR
+from mllm.plant import MAX_COLUMNS, PlantSettings, save_planted
+from mllm.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plant") / "base"
+    return out, save_planted(out, build_tokenizer("whole"))
+
+
+def _task(n_features, n_shots, n_test, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_shots + n_test, n_features))
+    y = (X[:, :3].sum(axis=1) > 0).astype(int)        # a rule on three of the columns
+    return X[:n_shots], y[:n_shots], X[n_shots:], y[n_shots:]
+
+
+def test_same_settings_same_bytes(planted, tmp_path):
+    _, record = planted
+    again = save_planted(tmp_path / "again", build_tokenizer("whole"))
+    assert again["model_sha256"] == record["model_sha256"]
+    other = save_planted(tmp_path / "other", build_tokenizer("whole"), PlantSettings(seed=7))
+    assert other["model_sha256"] != record["model_sha256"]
+
+
+@pytest.mark.parametrize("n_features", [3, 12])
+def test_classifies_in_context_untrained(planted, n_features):
+    """No training at all: the forward pass is a kernel vote over the shots, column by column."""
+    out, _ = planted
+    Xs, ys, Xq, yq = _task(n_features, 96, 40, seed=n_features)
+    acc = (MLLMClassifier(model=str(out)).fit(Xs, ys).predict(Xq) == yq).mean()
+    majority = (yq == np.bincount(ys).argmax()).mean()
+    assert acc >= majority + 0.2 and acc >= 0.75, (acc, majority)
+
+
+def test_a_column_shuffle_breaks_it(planted):
+    """It reads each test row's own values: with the test rows' labels permuted it cannot agree."""
+    out, _ = planted
+    Xs, ys, Xq, yq = _task(3, 96, 40, seed=3)
+    pred = MLLMClassifier(model=str(out)).fit(Xs, ys).predict(Xq)
+    shuffled = np.random.default_rng(0).permutation(yq)
+    assert (pred == yq).mean() > (pred == shuffled).mean() + 0.15
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="positive"):
+        PlantSettings(tau=0)
+    with pytest.raises(ValueError, match="whole numbers"):
+        save_planted("/nonexistent/never", build_tokenizer("digits"))
+    assert MAX_COLUMNS == 64
+
+
+@pytest.mark.skipif(not (TINY_BASE_DIR / "plant.json").is_file(), reason="the committed base is not compiled")
+def test_committed_base_is_the_compiled_one(tmp_path):
+    record = json.loads((TINY_BASE_DIR / "plant.json").read_text())
+    weights = (TINY_BASE_DIR / "model.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == record["model_sha256"]
+    fresh = save_planted(tmp_path / "fresh", build_tokenizer("whole"), PlantSettings(**record["settings"]))
+    assert fresh["model_sha256"] == record["model_sha256"]
