@@ -39,7 +39,6 @@ def matmul_flops(dtype, n: int, seconds: float) -> float:
 
 def train_throughput(bf16: bool, seq_len: int, steps: int) -> dict:
     import torch
-
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mllm.config import load_params

@@ -67,6 +67,7 @@ def messages(shots, shot_labels, queries, n_classes, query_labels=None) -> list[
     return out
 
 
+ANSWER_LABEL = re.compile(r'"label":(\d+)')   # a label value inside the JSON answer (group 1)
 _ROW = re.compile(r"^(\d+(?:,\d+)*)\|(\d+)$")
 _QUERY = re.compile(r"^ID (\d+):(\d+(?:,\d+)*)$")
 _HEADER = re.compile(r"Each row has (\d+) features and 1 label\. The label is one of: ([\d, ]+)\.")

@@ -9,11 +9,9 @@ Qwen's).
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-_LABEL = re.compile(r'"label":(\d+)')
+from mllm.prompt import ANSWER_LABEL
 
 
 def label_token_ids(tokenizer, n_classes: int) -> list[int]:
@@ -32,7 +30,7 @@ def score_sequence(model, tokenizer, messages: list[dict], n_classes: int) -> np
 
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     answer_at = full.rfind(messages[2]["content"])
-    spans = [(answer_at + m.start(1), answer_at + m.end(1)) for m in _LABEL.finditer(messages[2]["content"])]
+    spans = [(answer_at + m.start(1), answer_at + m.end(1)) for m in ANSWER_LABEL.finditer(messages[2]["content"])]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     offsets = np.asarray(enc["offset_mapping"]).reshape(-1, 2)
     starts = {int(a): i for i, (a, b) in enumerate(offsets) if b > a}

@@ -8,14 +8,14 @@ same skill, learned from every row instead of 50 queries).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from mllm.prompt import ANSWER_LABEL
+
 IGNORE = -100
-_ANSWER_LABEL = re.compile(r'"label":(\d+)')
 
 
 def shot_label_spans(user: str) -> list[tuple[int, int]]:
@@ -60,7 +60,7 @@ def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool, ans
         mask = (offsets[:, 0] >= len(prompt)) & (offsets[:, 1] <= answer_end) & real
     else:
         mask = np.zeros(len(ids), dtype=bool)
-        for hit in _ANSWER_LABEL.finditer(messages[2]["content"]):
+        for hit in ANSWER_LABEL.finditer(messages[2]["content"]):
             a, b = len(prompt) + hit.start(1), len(prompt) + hit.end(1)
             mask |= (offsets[:, 0] >= a) & (offsets[:, 1] <= b) & real
     if shot_label_loss:
