@@ -48,7 +48,11 @@ def train_flow(params_path: str = "params.yaml", corpus: str = "data/corpus", ou
         raise TrainFailed(f"training exited with code {code}")
     summary = json.loads((out_dir / SUMMARY).read_text())
     run = json.loads((out_dir / RUN_FILE).read_text())
-    logger.info("trained %d steps, %d tokens (%.0f tokens/s), final loss %.4f; MLflow run %s",
-                summary["steps_this_run"], summary["tokens_this_run"], summary["tokens_per_s"], summary["final_loss"],
-                run["run_id"])
+    if summary["steps_this_run"] == 0:  # resumed a checkpoint that had already finished every stage
+        logger.info("nothing left to train: the checkpoint for these params and corpus is complete; model "
+                    "exported again; MLflow run %s", run["run_id"])
+    else:
+        logger.info("trained %d steps, %d tokens (%.0f tokens/s), final loss %.4f; MLflow run %s",
+                    summary["steps_this_run"], summary["tokens_this_run"], summary["tokens_per_s"],
+                    summary["final_loss"], run["run_id"])
     return {**{k: v for k, v in summary.items() if k != "history"}, "run_id": run["run_id"]}

@@ -165,7 +165,8 @@ def train(
 
     s = _run(params, set_, start)
     state = "complete" if s["complete"] else "stopped at the time budget (rerun to continue)"
-    typer.echo(f"trained: {state}; final loss {s['final_loss']:.4f}; model -> {out}/model; MLflow run {s['run_id']}")
+    loss = "no steps left (the checkpoint was complete)" if s["steps_this_run"] == 0 else f"final loss {s['final_loss']:.4f}"
+    typer.echo(f"trained: {state}; {loss}; model -> {out}/model; MLflow run {s['run_id']}")
 
 
 @app.command()
