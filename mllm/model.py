@@ -66,6 +66,10 @@ def load_base(mp: ModelParams, tokenizer, seed: int):
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"model.base {mp.base!r} cannot be loaded from local files (nothing is downloaded): {err}") from None
+    if mp.base == "tiny":
+        # An adapter records its base by this name: 'tiny', not this checkout's absolute path, so the trained
+        # model's bytes do not depend on where the repo lies and a registered adapter loads in any checkout.
+        model.config._name_or_path = model.name_or_path = "tiny"
     own = Path(name) / "tokenizer.json"
     if own.is_file():  # a base that ships its tokenizer must be fed by that tokenizer's vocabulary
         from mllm.tokenizer import load_tokenizer
@@ -100,6 +104,24 @@ def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
                          f"{mp.base!r}: {err}") from None
 
 
+def save_trained(model, out: Path) -> None:
+    """Save a trained model (full, or a LoRA adapter without its base) as safetensors into ``out``."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        model.save_pretrained(out, safe_serialization=True)
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    # What peft's 'auto' decides, without its look-up of the base on the Hub: the vocabulary is never
+    # resized here (load_base refuses a tokenizer larger than the embeddings), so embeddings are saved
+    # exactly when LoRA adapted them.
+    adapted = any(isinstance(m, BaseTunerLayer) and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
+                  for name, m in model.named_modules())
+    model.save_pretrained(out, safe_serialization=True, save_embedding_layers=adapted)
+
+
 def load_trained_with_tokenizer(path: str | Path):
     """(model, tokenizer) of a trained model directory: what every prediction entry point needs."""
     from mllm.tokenizer import load_tokenizer
@@ -114,9 +136,19 @@ def load_trained(path: str | Path):
 
     path = Path(path)
     if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
+        import json
 
-        return AutoPeftModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        from peft import PeftModel
+
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ModelError(f"the adapter in {path} does not name its base model (base_model_name_or_path)")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolve_base(base), local_files_only=True,
+                                                         use_safetensors=True, dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise ModelError(f"the base {base!r} of the adapter in {path} cannot be loaded from local files: {err}") from None
+        return PeftModel.from_pretrained(model, str(path))
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
     return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,

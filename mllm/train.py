@@ -117,7 +117,7 @@ def run_training(
     from torch.utils.data import DataLoader
     from transformers import get_cosine_schedule_with_warmup
 
-    from mllm.model import add_adapter, load_base
+    from mllm.model import add_adapter, load_base, save_trained
     from mllm.tokenizer import load_tokenizer, save_tokenizer
 
     tp, out_dir = params.train, Path(out_dir)
@@ -242,7 +242,7 @@ def run_training(
     if accelerator.is_main_process:
         final = out_dir / FINAL
         shutil.rmtree(final, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(final, safe_serialization=True)
+        save_trained(accelerator.unwrap_model(model), final)
         save_tokenizer(tokenizer, final)
         (final / "mllm_model.json").write_text(json.dumps({
             "base": params.model.base, "adapter": params.model.adapter, "tokenizer": tokenizer_path,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mllm.config import parse_params
-from mllm.model import TINY_BASE_DIR, ModelError, load_base
+from mllm.model import TINY_BASE_DIR, ModelError, load_base, load_trained
 from mllm.tokenizer import build_tokenizer, load_tokenizer
 from mllm.train import run_training
 from tests.training_helpers import make_corpus, raw_params
@@ -41,4 +41,11 @@ def test_continue_pretraining_the_base_with_lora(tmp_path):
     params = parse_params(raw_params(model={"base": "tiny", "adapter": "lora"}))
     s = run_training(params, corpus, str(tok_dir), tmp_path / "out")
     assert s["complete"] and s["trainable_params"] < s["total_params"] / 10
-    assert (tmp_path / "out" / "model" / "adapter_model.safetensors").is_file()
+    model_dir = tmp_path / "out" / "model"
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    # the adapter names its base 'tiny', not this checkout's path: same bytes in any clone, loads in any clone
+    assert json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    root = str(TINY_BASE_DIR.parents[1])
+    assert not [f.name for f in model_dir.iterdir() if root in f.read_text(errors="ignore")]
+    loaded = load_trained(model_dir)
+    assert sum(p.numel() for p in loaded.parameters()) == s["total_params"]
