@@ -119,6 +119,10 @@ def save_trained(model, out: Path) -> None:
     # exactly when LoRA adapted them.
     adapted = any(isinstance(m, BaseTunerLayer) and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
                   for name, m in model.named_modules())
+    for cfg in model.peft_config.values():
+        # peft keeps 'all-linear' resolved as a set, written in hash-seed order: sorted, the bytes are the same
+        if isinstance(cfg.target_modules, set):
+            cfg.target_modules = sorted(cfg.target_modules)
     model.save_pretrained(out, safe_serialization=True, save_embedding_layers=adapted)
 
 

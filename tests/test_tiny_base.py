@@ -44,7 +44,9 @@ def test_continue_pretraining_the_base_with_lora(tmp_path):
     model_dir = tmp_path / "out" / "model"
     assert (model_dir / "adapter_model.safetensors").is_file()
     # the adapter names its base 'tiny', not this checkout's path: same bytes in any clone, loads in any clone
-    assert json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    config = json.loads((model_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny"
+    assert config["target_modules"] == sorted(config["target_modules"])  # not in hash-seed order
     root = str(TINY_BASE_DIR.parents[1])
     assert not [f.name for f in model_dir.iterdir() if root in f.read_text(errors="ignore")]
     loaded = load_trained(model_dir)

@@ -101,6 +101,25 @@ def test_lora_on_a_local_hf_model(tmp_path, data, tok):
     assert any("lora_B" in n for n, _ in reloaded.named_parameters())
 
 
+def test_lora_training_gives_the_same_bytes_in_any_process(tmp_path, data, tok, venv_env):
+    """Same params, two processes with different hash seeds: byte-identical adapter directories (peft
+    writes 'all-linear' from a set, whose order follows the hash seed)."""
+    tok_dir, corpus = data
+    load_base(parse_params(raw_params()).model, tok, seed=0).save_pretrained(tmp_path / "base")
+    raw = raw_params(model={"base": str(tmp_path / "base"), "adapter": "lora"},
+                     train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 2}],
+                            "grad_accum": 1, "checkpoint_every": 2, "mixed_precision": "no"})
+    cmd = [sys.executable, "-m", "mllm.train_cli", "--params", str(write_params(tmp_path / "p.yaml", raw)),
+           "--corpus", str(corpus), "--tokenizer", str(tok_dir)]
+    for seed in ("1", "2"):
+        res = subprocess.run(cmd + ["--out", str(tmp_path / seed)], env={**venv_env, "PYTHONHASHSEED": seed},
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+    a, b = (sorted((tmp_path / seed / "model").iterdir()) for seed in ("1", "2"))
+    assert [f.name for f in a] == [f.name for f in b] and "adapter_config.json" in [f.name for f in a]
+    assert [f.name for f, g in zip(a, b, strict=True) if f.read_bytes() != g.read_bytes()] == []
+
+
 @pytest.mark.parametrize("over, error, match", [
     ({"model": {"base": "/no/such/model", "adapter": "lora"}}, ModelError, "cannot be loaded from local files"),
     ({"model": {"base": "no-org/no-model", "adapter": "lora"}}, ModelError, "nothing is downloaded"),
