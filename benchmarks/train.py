@@ -76,13 +76,7 @@ def train_throughput(bf16: bool, seq_len: int, steps: int) -> dict:
     flops_per_token = 6 * dense + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len
     tokens_per_s = steps * seq_len / seconds
     return {"tokens_per_s": tokens_per_s, "flops": tokens_per_s * flops_per_token, "params": n_params,
-            "flops_per_token": flops_per_token}
-
-
-def params_base() -> str:
-    from mllm.config import load_params
-
-    return load_params(ROOT / "params.yaml").model.base
+            "flops_per_token": flops_per_token, "base": base}
 
 
 def main() -> None:
@@ -105,7 +99,7 @@ def main() -> None:
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"matmul: bf16 {peak_bf16 / 1e12:.4f} TFLOP/s, fp32 {peak_fp32 / 1e12:.3f} TFLOP/s "
           f"(bf16/fp32 {peak_bf16 / peak_fp32:.2f}x; native bf16: {'yes' if native_bf16 else 'no'})")
-    print(f"default base ({params_base()}): {fp32['params'] / 1e6:.2f}M params, {fp32['flops_per_token'] / 1e6:.1f} MFLOP/token, "
+    print(f"default base ({fp32['base']}): {fp32['params'] / 1e6:.2f}M params, {fp32['flops_per_token'] / 1e6:.1f} MFLOP/token, "
           f"sequences of {seq_len} tokens")
     if bf16 is not None:
         print(f"train bf16: {bf16['tokens_per_s']:.0f} tokens/s, {bf16['flops'] / 1e12:.3f} TFLOP/s")

@@ -48,10 +48,18 @@ def resolve_base(base: str) -> str:
     return base
 
 
+def _from_local(name: str, trust_remote_code: bool = False):
+    """A causal LM from a local dir or the local HF cache: safetensors only, fp32, nothing downloaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True,
+                                                trust_remote_code=trust_remote_code, dtype=torch.float32)
+
+
 def load_base(mp: ModelParams, tokenizer, seed: int):
     """The base causal LM: ``scratch`` (random init of the tiny config), ``tiny``, a path or a hub id."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     if mp.base == "scratch":
         from transformers import Qwen2ForCausalLM
@@ -60,16 +68,12 @@ def load_base(mp: ModelParams, tokenizer, seed: int):
         return Qwen2ForCausalLM(tiny_config(mp, tokenizer))
     name = resolve_base(mp.base)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, local_files_only=True, use_safetensors=True, trust_remote_code=mp.trust_remote_code,
-            dtype=torch.float32,
-        )
+        model = _from_local(name, trust_remote_code=mp.trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelError(f"model.base {mp.base!r} cannot be loaded from local files (nothing is downloaded): {err}") from None
-    if mp.base == "tiny":
-        # An adapter records its base by this name: 'tiny', not this checkout's absolute path, so the trained
-        # model's bytes do not depend on where the repo lies and a registered adapter loads in any checkout.
-        model.config._name_or_path = model.name_or_path = "tiny"
+    # An adapter records its base as params name it ('tiny', not this checkout's absolute path), so the
+    # trained model's bytes do not depend on where the repo lies and load_trained resolves it in any checkout.
+    model.config._name_or_path = model.name_or_path = mp.base
     own = Path(name) / "tokenizer.json"
     if own.is_file():  # a base that ships its tokenizer must be fed by that tokenizer's vocabulary
         from mllm.tokenizer import load_tokenizer
@@ -135,9 +139,6 @@ def load_trained_with_tokenizer(path: str | Path):
 
 def load_trained(path: str | Path):
     """A trained model directory (``data/train/model``): a full model, or a LoRA adapter on its base."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         import json
@@ -148,12 +149,10 @@ def load_trained(path: str | Path):
         if not base:
             raise ModelError(f"the adapter in {path} does not name its base model (base_model_name_or_path)")
         try:
-            model = AutoModelForCausalLM.from_pretrained(resolve_base(base), local_files_only=True,
-                                                         use_safetensors=True, dtype=torch.float32)
+            model = _from_local(resolve_base(base))
         except (OSError, ValueError) as err:
             raise ModelError(f"the base {base!r} of the adapter in {path} cannot be loaded from local files: {err}") from None
         return PeftModel.from_pretrained(model, str(path))
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
-    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                                dtype=torch.float32)
+    return _from_local(str(path))
