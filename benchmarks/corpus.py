@@ -65,7 +65,7 @@ def _natural_prompt(cols, shots, shot_y, queries, n_classes) -> str:
 
 
 def _raw_prompt(shots, shot_y, queries, n_classes) -> str:
-    from mllm import prompt
+    from mllm.text import prompt
 
     header = prompt.data_header(len(shots[0]), n_classes)
     rows = [",".join(map(_fmt, r)) + f"|{y}" for r, y in zip(shots, shot_y)]
@@ -77,9 +77,9 @@ def token_efficiency(n_tables: int) -> dict:
     import dashscope
     from dashscope.tokenizers.qwen_tokenizer import QwenTokenizer
 
-    from mllm import prompt
-    from mllm.encoding import LabelMap, ordinal_encode, quantise
-    from mllm.tokenizer import build_tokenizer
+    from mllm.text import prompt
+    from mllm.text.encoding import LabelMap, ordinal_encode, quantise
+    from mllm.text.tokenizer import build_tokenizer
 
     qwen = QwenTokenizer(str(Path(dashscope.__file__).parent / "resources" / "qwen.tiktoken"))
     ours_tok = build_tokenizer("whole")
@@ -123,13 +123,13 @@ def token_efficiency(n_tables: int) -> dict:
 
 
 def _default_params():
-    from mllm.config import load_params
+    from mllm.core.params import load_params
 
     return load_params(ROOT / "params.yaml")
 
 
 def _gen_shard(tmp: Path, start: int, n: int) -> Path:
-    from mllm.generate import generate_shard
+    from mllm.data.generate import generate_shard
 
     params = _default_params()
     p = params.generate.model_copy(update={"num_tasks": start + n, "shard_size": n})
@@ -139,10 +139,10 @@ def _gen_shard(tmp: Path, start: int, n: int) -> Path:
 
 def measure_stages(n: int) -> dict:
     """One core: seconds of filter on ``n`` default-params tasks, and of encode on the kept ones."""
-    from mllm.corpus import encode_shard
-    from mllm.filter import filter_shard
-    from mllm.shards import read_shard
-    from mllm.tokenizer import build_tokenizer
+    from mllm.data.filter import filter_shard
+    from mllm.data.shards import read_shard
+    from mllm.text.corpus import encode_shard
+    from mllm.text.tokenizer import build_tokenizer
 
     params = _default_params()
     with tempfile.TemporaryDirectory() as d:
@@ -165,9 +165,9 @@ def _pipeline_chunk(args) -> dict:
     start, n = args
     from threadpoolctl import threadpool_limits
 
-    from mllm.corpus import encode_shard
-    from mllm.filter import filter_shard
-    from mllm.tokenizer import build_tokenizer
+    from mllm.data.filter import filter_shard
+    from mllm.text.corpus import encode_shard
+    from mllm.text.tokenizer import build_tokenizer
 
     params = _default_params()
     tok = build_tokenizer(params.tokenizer.numbers)

@@ -20,7 +20,7 @@ from _common import ROOT, machine, pinned
 
 
 def _ours_params(num_tasks: int, shots: tuple[int, int] = (974, 974), queries: int = 50):
-    from mllm.config import GenerateParams
+    from mllm.core.params import GenerateParams
 
     return GenerateParams(
         num_tasks=num_tasks, shard_size=num_tasks, prior="mix", features={"min": 5, "max": 50},
@@ -32,13 +32,13 @@ def _ours_params(num_tasks: int, shots: tuple[int, int] = (974, 974), queries: i
 
 
 def measure_ours(n: int, full_shard: bool) -> dict:
-    from mllm.prior import generate_task
+    from mllm.data.prior import generate_task
 
     p = _ours_params(n)
     import tempfile
 
-    from mllm.config import GenerateParams
-    from mllm.generate import generate_shard
+    from mllm.core.params import GenerateParams
+    from mllm.data.generate import generate_shard
 
     generate_task(0, 10**6, p)  # warm-up: imports and first-call costs
     t0 = time.perf_counter()
@@ -79,7 +79,7 @@ def _shard_worker(args):
     start, stop = args
     from threadpoolctl import threadpool_limits
 
-    from mllm.prior import generate_task
+    from mllm.data.prior import generate_task
 
     p = _ours_params(stop)
     with threadpool_limits(1):
@@ -110,8 +110,8 @@ def distribution(n: int) -> list[str]:
     from sklearn.ensemble import RandomForestClassifier
     from threadpoolctl import threadpool_limits
 
-    from mllm.config import load_params
-    from mllm.prior import generate_task
+    from mllm.core.params import load_params
+    from mllm.data.prior import generate_task
 
     p = load_params(ROOT / "params.yaml").generate  # the default pipeline's distribution (8-1024 shots)
     rows = []

@@ -22,7 +22,7 @@ from _common import ROOT, SHARED_DATASETS, machine  # noqa: E402
 
 
 def _model(path: str):
-    from mllm.model import load_trained_with_tokenizer
+    from mllm.model.loading import load_trained_with_tokenizer
 
     return load_trained_with_tokenizer(path)
 
@@ -31,7 +31,7 @@ def speed(model, tok, n_rows: int, repeats: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from mllm.predict import Predictor, encode_tables
+    from mllm.inference.predict import Predictor, encode_tables
 
     rng = np.random.default_rng(0)
     d = 2  # 128 shots + 50 queries must fit the tiny base's 2048 tokens in one sequence
@@ -53,8 +53,8 @@ def speed(model, tok, n_rows: int, repeats: int) -> dict:
 def learning_curve(model, tok, shots: list[int], seeds: list[int], max_test: int, max_tables: int) -> "object":
     import pandas as pd
 
-    from mllm.evaluate import baseline, evaluate_dataset, load_table
-    from mllm.predict import Predictor
+    from mllm.evaluation.suite import baseline, evaluate_dataset, load_table
+    from mllm.inference.predict import Predictor
 
     pred = Predictor(model, tok, max_queries=10)
     models = {"mllm": pred.predict_proba, "knn": baseline("knn", 0), "random_forest": baseline("random_forest", 0),

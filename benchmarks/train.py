@@ -41,9 +41,9 @@ def train_throughput(bf16: bool, seq_len: int, steps: int) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from mllm.config import load_params
-    from mllm.model import resolve_base, tiny_config
-    from mllm.tokenizer import build_tokenizer
+    from mllm.core.params import load_params
+    from mllm.model.loading import resolve_base, tiny_config
+    from mllm.text.tokenizer import build_tokenizer
 
     params = load_params(ROOT / "params.yaml")
     tok = build_tokenizer(params.tokenizer.numbers)
@@ -88,7 +88,7 @@ def main() -> None:
     seq_len, steps, mm_s = (1024, 4, 2.0) if args.quick else (2048, 12, 5.0)
     torch.set_num_threads(torch.get_num_threads())
 
-    from mllm.train import _mixed_precision
+    from mllm.model.train import _mixed_precision
 
     native_bf16 = _mixed_precision("auto") == "bf16"
     # emulated bf16 matmuls are slow: a short timing is enough to show it

@@ -9,12 +9,11 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
-from mllm import tracking
-from mllm.atomic import atomic_dir, write_json_atomic
-from mllm.config import EncodeParams, load_params
-from mllm.corpus import encode_shard, summarise
-from mllm.filter import FULL, WARMUP
-from mllm.tokenizer import load_tokenizer
+from mllm.core import tracking
+from mllm.core.atomic import atomic_dir, write_json_atomic
+from mllm.core.params import FULL, WARMUP, EncodeParams, load_params
+from mllm.text.corpus import encode_shard, summarise
+from mllm.text.tokenizer import load_tokenizer
 
 SUMMARY = "summary.json"
 

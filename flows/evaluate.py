@@ -11,47 +11,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from mllm import tracking
-from mllm.atomic import atomic_dir, write_json_atomic
-from mllm.config import load_params
-from mllm.evaluate import baseline, evaluate_dataset, load_suite, suite_id, summarise
-from mllm.plots import write_curve_csv, write_pngs
+from mllm.core import tracking
+from mllm.core.atomic import atomic_dir, write_json_atomic
+from mllm.core.params import load_params
+from mllm.evaluation.models import in_context, models_to_evaluate
+from mllm.evaluation.plots import write_curve_csv, write_pngs
+from mllm.evaluation.suite import baseline, evaluate_dataset, load_suite, suite_id, summarise
 
 RESULTS = "results.csv"
-
-
-def _llm(path: str, ep, seed: int):
-    from mllm.model import load_trained_with_tokenizer
-    from mllm.predict import Predictor
-
-    pred = Predictor(*load_trained_with_tokenizer(path), max_queries=ep.max_queries,
-                     n_ensemble=ep.n_ensemble, seed=seed)
-    return pred.predict_proba
-
-
-def models_to_evaluate(params, model_dir: str) -> tuple[dict[str, str], str | None]:
-    """name -> model dir: ``trained``, its ``base`` and the registry's ``champion`` (when it exists and is
-    not the same weights); plus the champion's version."""
-    from mllm.model import ModelError, resolve_base
-    from mllm.registry import CHAMPION, alias_version, resolve, weights_digest
-
-    ep = params.evaluate
-    if not Path(model_dir, "config.json").is_file() and not Path(model_dir, "adapter_config.json").is_file():
-        raise ModelError(f"{model_dir} is not a trained model directory (run the train stage first)")
-    out = {"trained": model_dir}
-    if ep.include_base and params.model.base != "scratch":
-        out["base"] = resolve_base(params.model.base)
-    champion_version = None
-    if ep.compare_champion:
-        mv = alias_version(ep.registered_model, CHAMPION)
-        if mv is not None:
-            path = resolve(f"models:/{ep.registered_model}/{mv.version}")
-            if weights_digest(path) != weights_digest(Path(model_dir)):
-                out["champion"] = str(path)
-                champion_version = str(mv.version)
-            else:  # the trained weights are already the champion: nothing to compare against
-                champion_version = str(mv.version)
-    return out, champion_version
 
 
 @task(name="evaluate-table", task_run_name="evaluate-{name}", cache_policy=NONE)
@@ -71,7 +38,7 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
         logger.warning("skipping table %s: %s", name, why)
     refs, champion_version = models_to_evaluate(params, model)
     logger.info("evaluating %s on %d tables, shots %s, seeds %s", ", ".join(refs), len(tables), ep.shots, ep.seeds)
-    fns = {name: _llm(path, ep, params.seed) for name, path in refs.items()}
+    fns = {name: in_context(path, ep, params.seed) for name, path in refs.items()}
     fns.update({b: baseline(b, params.seed) for b in ep.baselines})
     t0 = time.perf_counter()
     rows = []

@@ -10,10 +10,11 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
-from mllm import tracking
-from mllm.atomic import atomic_dir, write_json_atomic
-from mllm.config import FilterParams, load_params
-from mllm.filter import (
+from mllm.core import tracking
+from mllm.core.atomic import atomic_dir, write_json_atomic
+from mllm.core.params import FilterParams, load_params
+from mllm.data.checks import require
+from mllm.data.filter import (
     SUMMARY,
     filter_shard,
     input_shards,
@@ -21,7 +22,6 @@ from mllm.filter import (
     summarise,
     write_report,
 )
-from mllm.validation import require
 
 
 @task(name="filter-shard", task_run_name="filter-{shard_name}")

@@ -9,10 +9,10 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.runners import api_shared_with_subprocesses, gather, make_task_runner, runner_for
-from mllm import tracking
-from mllm.atomic import atomic_dir
-from mllm.config import GenerateParams, load_params
-from mllm.generate import MANIFEST, generate_shard, shard_ranges, summarise, write_manifest
+from mllm.core import tracking
+from mllm.core.atomic import atomic_dir
+from mllm.core.params import GenerateParams, load_params
+from mllm.data.generate import MANIFEST, generate_shard, shard_ranges, summarise, write_manifest
 
 
 @task(name="generate-shard", task_run_name="generate-shard-{shard_index}")

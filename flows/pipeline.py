@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from flows.runners import api_shared_with_subprocesses
-from mllm.errors import StageFailed
+from mllm.core.errors import StageFailed
 
 STAGES = ("generate", "filter", "tokenizer", "encode", "train", "evaluate", "register")
 # A rerun resumes training from its last checkpoint and retries a registry write; data stages are

@@ -8,16 +8,16 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from mllm.atomic import write_json_atomic
-from mllm.config import load_params
-from mllm.errors import InputError
-from mllm.registry import register
-from mllm.train_cli import RUN_FILE
+from mllm.core.atomic import write_json_atomic
+from mllm.core.errors import InputError
+from mllm.core.params import load_params
+from mllm.model.train import FINAL, RUN_FILE
+from mllm.registry.promotion import register
 
 
 def _inputs(train: str, evaluation: str) -> tuple[Path, dict, str | None]:
     train_dir = Path(train)
-    model = train_dir / "model"
+    model = train_dir / FINAL
     if not model.is_dir():
         raise InputError(f"no trained model at {model} (run the train stage first)")
     if not Path(evaluation).is_file():

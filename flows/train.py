@@ -10,11 +10,10 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger
 
-from mllm.atomic import write_text_atomic
-from mllm.config import load_params
-from mllm.errors import StageFailed
-from mllm.train import SUMMARY
-from mllm.train_cli import RUN_FILE
+from mllm.core.atomic import write_text_atomic
+from mllm.core.errors import StageFailed
+from mllm.core.params import load_params
+from mllm.model.train import RUN_FILE, SUMMARY, check_corpus
 
 
 class TrainFailed(StageFailed):
@@ -37,12 +36,12 @@ def train_flow(params_path: str = "params.yaml", corpus: str = "data/corpus", ou
     n = params.train.num_processes
     logger.info("training %s (%s) on %d process(es)", params.model.base, params.model.adapter, n)
     if n == 1:
-        from mllm.train_cli import main
+        from mllm.model.train_worker import main
 
         code = main(args)
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "mllm.train_cli", *args]
+               "-m", "mllm.model.train_worker", *args]
         code = subprocess.run(cmd).returncode
     if code != 0:
         raise TrainFailed(f"training exited with code {code}")
@@ -56,3 +55,10 @@ def train_flow(params_path: str = "params.yaml", corpus: str = "data/corpus", ou
                     summary["steps_this_run"], summary["tokens_this_run"], summary["tokens_per_s"],
                     summary["final_loss"], run["run_id"])
     return {**{k: v for k, v in summary.items() if k != "history"}, "run_id": run["run_id"]}
+
+
+def run_train(params_path: str = "params.yaml", corpus: str = "data/corpus", out: str = "data/train",
+              overrides: dict | None = None, time_budget: float | None = None) -> dict:
+    """Validate params and the corpus before the flow starts, then train."""
+    check_corpus(load_params(params_path, overrides), corpus, None)
+    return train_flow(params_path=params_path, corpus=corpus, out=out, overrides=overrides, time_budget=time_budget)

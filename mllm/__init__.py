@@ -3,7 +3,7 @@
 
 def __getattr__(name: str):
     if name == "MLLMClassifier":  # lazy: importing mllm stays light
-        from mllm.classifier import MLLMClassifier
+        from mllm.inference.classifier import MLLMClassifier
 
         return MLLMClassifier
     raise AttributeError(f"module 'mllm' has no attribute {name!r}")

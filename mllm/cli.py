@@ -13,6 +13,9 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from mllm.inference import DEFAULT_MAX_QUERIES
+from mllm.model.references import DEFAULT_REF
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach language models to do ML in context.")
 
 ParamsOpt = Annotated[str, typer.Option("--params", "-p", help="params.yaml to read")]
@@ -51,8 +54,8 @@ def _fail(msg: str, code: int) -> None:
 def _run(params: str, set_: list[str] | None, start: Callable[[dict], Any]) -> Any:
     """Validate params (before Prefect or any work starts), then ``start(overrides)``; known failures become
     a one-line error and an exit code instead of a traceback."""
-    from mllm.config import load_params
-    from mllm.errors import InputError, StageFailed
+    from mllm.core.errors import InputError, StageFailed
+    from mllm.core.params import load_params
 
     overrides = parse_overrides(set_)
     try:
@@ -110,18 +113,12 @@ def tokenizer(
     """Build the embedded default tokenizer (a Hugging Face tokenizer directory)."""
 
     def start(overrides):
-        from mllm.atomic import atomic_dir
-        from mllm.config import load_params
-        from mllm.tokenizer import build_tokenizer, save_tokenizer
+        from flows.tokenizer import run_tokenizer
 
-        numbers = load_params(params, overrides).tokenizer.numbers
-        tok = build_tokenizer(numbers)
-        with atomic_dir(out) as tmp:
-            save_tokenizer(tok, tmp, numbers)
-        return numbers, len(tok)
+        return run_tokenizer(params, out, overrides)
 
-    numbers, size = _run(params, set_, start)
-    typer.echo(f"tokenizer ({numbers} numbers, {size} tokens) -> {out}")
+    s = _run(params, set_, start)
+    typer.echo(f"tokenizer ({s['numbers']} numbers, {s['tokens']} tokens) -> {out}")
 
 
 @app.command()
@@ -156,12 +153,9 @@ def train(
     """Continued pretraining of model.base on the corpus (LoRA or full), logged to MLflow."""
 
     def start(overrides):
-        from flows.train import train_flow
-        from mllm.config import load_params
-        from mllm.train import check_corpus
+        from flows.train import run_train
 
-        check_corpus(load_params(params, overrides), corpus, None)  # bad corpus: before the flow starts
-        return train_flow(params_path=params, corpus=corpus, out=out, overrides=overrides, time_budget=time_budget)
+        return run_train(params, corpus, out, overrides, time_budget)
 
     s = _run(params, set_, start)
     state = "complete" if s["complete"] else "stopped at the time budget (rerun to continue)"
@@ -227,8 +221,8 @@ def promote(
     reason: Annotated[str, typer.Option(help="recorded as the version's mllm.reason tag")] = "manual promotion",
 ) -> None:
     """Manual override: move the champion alias to a version."""
-    from mllm.errors import InputError
-    from mllm.registry import promote as do_promote
+    from mllm.core.errors import InputError
+    from mllm.registry.promotion import promote as do_promote
 
     try:
         r = do_promote(name, version, reason)
@@ -241,42 +235,32 @@ def promote(
 def predict(
     train: Annotated[str, typer.Option(help="labelled CSV: the context (last column, or --label, is the label)")],
     test: Annotated[str, typer.Option(help="CSV of rows to predict (a label column there is used for accuracy)")],
-    model: Annotated[str, typer.Option(help="model: name@alias, models:/..., runs:/... or a directory")] = "mllm@champion",
+    model: Annotated[str, typer.Option(help="model: name@alias, models:/..., runs:/... or a directory")] = DEFAULT_REF,
     out: Annotated[str | None, typer.Option(help="predictions CSV (default: print)")] = None,
     label: Annotated[str, typer.Option(help="label column name (default: the train CSV's last column)")] = "",
     n_ensemble: Annotated[int, typer.Option(help="permutations averaged")] = 1,
-    max_queries: Annotated[int, typer.Option(help="rows answered per sequence (as the model was trained)")] = 10,
+    max_queries: Annotated[int, typer.Option(help="rows answered per sequence (as the model was trained)")] = DEFAULT_MAX_QUERIES,
 ) -> None:
     """Predict the rows of a CSV from a labelled CSV, in context."""
     import numpy as np
     import pandas as pd
 
-    from mllm.atomic import atomic_path
-    from mllm.errors import InputError
-    from mllm.evaluate import coerce_numeric, load_table
+    from mllm.core.atomic import atomic_path
+    from mllm.core.errors import InputError
+    from mllm.inference.table import load_table, read_queries
 
     try:
         X, y = load_table(train, label or "label")
-        target = y.name
-        test_df = pd.read_csv(test) if Path(test).is_file() else None
-        if test_df is None:
-            raise InputError(f"{test}: no such file")
-        truth = test_df.pop(target) if target in test_df.columns else None
-        missing = [c for c in X.columns if c not in test_df.columns]
-        if missing:
-            raise InputError(f"{test}: missing the context's columns {missing[:5]}")
-        test_df = coerce_numeric(test_df[list(X.columns)])
-        from mllm.model import load_trained_with_tokenizer
-        from mllm.predict import Predictor
-        from mllm.registry import resolve
+        queries, truth = read_queries(test, list(X.columns), y.name)
+        from mllm.inference.predict import Predictor, prediction_frame
+        from mllm.model.loading import load_trained_with_tokenizer
+        from mllm.model.references import resolve
 
         pred = Predictor(*load_trained_with_tokenizer(resolve(model)), n_ensemble=n_ensemble,
                          max_queries=max_queries)
-        classes, proba = pred.predict_proba(X, y, test_df)
+        result = prediction_frame(*pred.predict_proba(X, y, queries))
     except (InputError, FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         _fail(str(err), 2)
-    result = pd.DataFrame(proba, columns=[f"proba_{c}" for c in classes])
-    result.insert(0, "prediction", classes[proba.argmax(axis=1)])
     if out:
         with atomic_path(out) as tmp:
             result.to_csv(tmp, index=False)
@@ -285,7 +269,7 @@ def predict(
         typer.echo(result.to_csv(index=False), nl=False)
     if truth is not None:
         acc = float(np.mean(result["prediction"].astype(str).to_numpy() == truth.astype(str).to_numpy()))
-        typer.echo(f"accuracy on {test} ({target}): {acc:.4f}", err=True)
+        typer.echo(f"accuracy on {test} ({y.name}): {acc:.4f}", err=True)
 
 
 @app.command()
@@ -295,7 +279,7 @@ def pipeline(
 ) -> None:
     """Run the whole pipeline once as a Prefect flow (each DVC stage a task run; only changed stages rerun)."""
     from flows.pipeline import pipeline_flow
-    from mllm.errors import InputError, StageFailed
+    from mllm.core.errors import InputError, StageFailed
 
     try:
         states = pipeline_flow(repo=repo, stages=stages)
@@ -314,7 +298,7 @@ def serve(
 ) -> None:
     """Serve the pipeline as a Prefect deployment on its cron schedule (long-running; Ctrl-C stops).
     Point PREFECT_API_URL at a Prefect server (`prefect server start`) to see and trigger it in the UI."""
-    from mllm.config import ParamsError, PipelineParams, load_params
+    from mllm.core.params import ParamsError, PipelineParams, load_params
 
     try:
         pp = load_params(params).pipeline
@@ -337,9 +321,9 @@ def plant_base(
     seed: Annotated[int, typer.Option(help="seed of the random codes and rotations")] = 42,
 ) -> None:
     """Compile the embedded base: a kernel-vote in-context classifier written into Qwen2 weights
-    (mllm/plant.py), with the embedded tokenizer. Deterministic: the same options give the same bytes."""
-    from mllm.plant import PlantSettings, save_planted
-    from mllm.tokenizer import build_tokenizer
+    (mllm/model/plant.py), with the embedded tokenizer. Deterministic: the same options give the same bytes."""
+    from mllm.model.plant import PlantSettings, save_planted
+    from mllm.text.tokenizer import build_tokenizer
 
     try:
         settings = PlantSettings(tau=tau, nfreq=nfreq, sigma_f=sigma_f, seed=seed)
@@ -347,39 +331,6 @@ def plant_base(
         _fail(str(err), 2)
     rec = save_planted(out, build_tokenizer("whole"), settings)
     typer.echo(f"planted kernel-vote base ({rec['params'] / 1e6:.1f}M params, sha256 {rec['model_sha256'][:12]}) -> {out}")
-
-
-@app.command("score-corpus")
-def score_corpus(
-    model: Annotated[str, typer.Option(help="trained model dir (full model or LoRA adapter)")],
-    corpus: Annotated[str, typer.Option(help="corpus dir of shard-*.parquet (e.g. data/corpus/full)")],
-    limit: Annotated[int, typer.Option(help="sequences to score")] = 200,
-    by_position: Annotated[bool, typer.Option(help="also every shot label, by position, vs majority and kNN")] = False,
-) -> None:
-    """Label-scoring accuracy of a trained model on encoded (e.g. held-out synthetic) sequences, next to
-    the majority class of each task's shots. Teacher-forced: a quick progress measure, not the evaluation.
-    ``--by-position`` adds each shot label scored from the rows before it, next to the majority class and a
-    5-nearest-neighbour vote on those rows (does the model use the features at all?)."""
-    import json
-    from pathlib import Path
-
-    from mllm.corpus import read_corpus
-    from mllm.model import ModelError, load_trained_with_tokenizer
-    from mllm.scoring import evaluate_corpus, shot_label_accuracy
-
-    try:
-        m, tok = load_trained_with_tokenizer(model)
-    except (ModelError, FileNotFoundError) as err:
-        _fail(str(err), 2)
-    rows = []
-    for path in sorted(Path(corpus).glob("shard-*.parquet")):
-        rows.extend(read_corpus(path).select(["messages", "n_classes"]).to_pylist())
-    if not rows:
-        _fail(f"no corpus shards under {corpus}", 2)
-    out = {"model": model, "sequences": min(limit, len(rows)), **evaluate_corpus(m, tok, rows[:limit])}
-    if by_position:
-        out["shot_labels"] = shot_label_accuracy(m, tok, rows[:limit])
-    typer.echo(json.dumps(out))
 
 
 def main() -> None:  # pragma: no cover

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 # Before any prefect import: a private PREFECT_HOME, no analytics, no API configured from the user's profile.
 _PREFECT_HOME = Path(os.environ.setdefault("MLLM_TEST_TMP", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"mllm-tests-{os.getpid()}")))
@@ -65,3 +65,17 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 60) -> None:
     except subprocess.TimeoutExpired:
         send(signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def params_dict(**sections) -> dict:
+    """The repo's params.yaml (the one place defaults live) with ``sections`` deep-merged on top."""
+    from mllm.core.params import deep_merge
+
+    return deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), sections)
+
+
+def section(name: str, **values):
+    """One validated params section: params.yaml's, with ``values`` merged on top."""
+    from mllm.core.params import parse_params
+
+    return getattr(parse_params(params_dict(**{name: values})), name)

@@ -43,8 +43,8 @@ def _tiny(tmp_path, **gen):
     params["model"].update(base="scratch", adapter="full",
                            tiny={"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "kv_heads": 1,
                                  "max_positions": 1024})
-    params["train"].update(stages=[{"name": "warmup", "corpus": "warmup", "lr": 1e-3, "max_steps": 2},
-                                   {"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 2}],
+    params["train"].update(stages=[{"name": "warmup", "corpus": "warmup", "lr": 1e-3, "epochs": 1, "max_steps": 2, "max_examples": None},
+                                   {"name": "full", "corpus": "full", "lr": 1e-3, "epochs": 1, "max_steps": 2, "max_examples": None}],
                            grad_accum=2, checkpoint_every=1)
     params["evaluate"].update(sklearn_datasets=["iris", "wine"], shots=[8, 16], seeds=[0], max_test=12,
                               baselines=["knn", "majority"])

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mllm import prompt
-from mllm.encoding import LabelMap, column_permutation, ordinal_encode, quantise
+from mllm.text import prompt
+from mllm.text.encoding import LabelMap, column_permutation, ordinal_encode, quantise
 
 
 def test_quantise_exact_mapping_on_shot_statistics():

@@ -2,7 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mllm.evaluate import BASELINES, TableError, baseline, evaluate_dataset, load_table, metrics, sklearn_datasets
+from mllm.core.params import BASELINE_NAMES as BASELINES
+from mllm.evaluation.suite import (
+    TableError,
+    baseline,
+    evaluate_dataset,
+    load_table,
+    metrics,
+    sklearn_datasets,
+)
+from tests.conftest import section
 
 
 def test_load_table_errors(tmp_path):
@@ -50,21 +59,21 @@ def test_baselines_on_iris():
 def test_suite_skips_tables_over_the_class_limit_and_names_bad_dirs(tmp_path):
     import pytest as _pytest
 
-    from mllm.config import EvaluateParams
-    from mllm.evaluate import TableError, load_suite
+    from mllm.evaluation.suite import load_suite
+    from mllm.inference.table import TableError
 
     (tmp_path / "ok.csv").write_text("a,b,label\n" + "".join(f"{i},x{i % 2},{i % 3}\n" for i in range(30)))
     (tmp_path / "many.csv").write_text("a,label\n" + "".join(f"{i},{i % 12}\n" for i in range(48)))
-    tables, skipped = load_suite(EvaluateParams(sklearn_datasets=["iris"], csv_dir=str(tmp_path)))
+    tables, skipped = load_suite(section("evaluate", sklearn_datasets=["iris"], csv_dir=str(tmp_path)))
     assert list(tables) == ["iris", "ok"] and "12 classes" in skipped["many"]
     with _pytest.raises(TableError, match="is not a directory"):
-        load_suite(EvaluateParams(sklearn_datasets=[], csv_dir=str(tmp_path / "nope")))
+        load_suite(section("evaluate", sklearn_datasets=[], csv_dir=str(tmp_path / "nope")))
 
 
 def test_mostly_numeric_text_columns_become_numeric_with_missing_cells():
     import pandas as pd
 
-    from mllm.evaluate import coerce_numeric
+    from mllm.inference.table import coerce_numeric
 
     df = pd.DataFrame({"x": ["1", "2.5", "?"] + ["3"] * 20, "colour": ["red", "blue", "1"] + ["red"] * 20})
     out = coerce_numeric(df)
@@ -73,7 +82,7 @@ def test_mostly_numeric_text_columns_become_numeric_with_missing_cells():
 
 
 def test_summary_has_the_quality_bar():
-    from mllm.evaluate import summarise
+    from mllm.evaluation.suite import summarise
 
     rows = [{"dataset": "t", "model": m, "shots": n, "seed": 0, "accuracy": acc, "balanced_accuracy": acc,
              "macro_f1": acc, "roc_auc": 0.5, "log_loss": 1.0}

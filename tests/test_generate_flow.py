@@ -5,7 +5,8 @@ import mlflow
 import pytest
 import yaml
 
-from mllm.shards import read_shard
+from mllm.data.shards import read_shard
+from tests.conftest import params_dict
 
 TINY = {
     "seed": 5,
@@ -21,7 +22,7 @@ TINY = {
 
 
 def _params(tmp_path, **gen):
-    raw = {"seed": TINY["seed"], "generate": {**TINY["generate"], **gen}}
+    raw = params_dict(seed=TINY["seed"], generate={**TINY["generate"], **gen})
     path = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -58,8 +59,8 @@ def test_flow_fails_on_bad_data_and_leaves_no_output(tmp_path, prefect_harness, 
     import numpy as np
 
     from flows.generate import run_generate
-    from mllm import generate as gen
-    from mllm.validation import DataCheckError
+    from mllm.data import generate as gen
+    from mllm.data.checks import DataCheckError
 
     good = gen.generate_task
 
@@ -106,9 +107,9 @@ def test_dask_runner_gives_identical_bytes(tmp_path, prefect_harness):
 
     outs = {}
     for name, runner in (("local", {"kind": "process"}), ("dask", {"kind": "dask"})):
-        raw = {"seed": TINY["seed"], "runner": runner,
-               "generate": {**TINY["generate"], "n_workers": 1 if name == "local" else 2},
-               "filter": {"n_workers": 1 if name == "local" else 2, "kept_share": {"min": 0.0, "max": 1.0}}}
+        raw = params_dict(seed=TINY["seed"], runner=runner,
+                          generate={**TINY["generate"], "n_workers": 1 if name == "local" else 2},
+                          filter={"n_workers": 1 if name == "local" else 2, "kept_share": {"min": 0.0, "max": 1.0}})
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(raw))
         run_generate(str(path), str(tmp_path / f"gen-{name}"))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from mllm import MLLMClassifier
-from mllm.model import TINY_BASE_DIR
-from mllm.plant import MAX_COLUMNS, PlantSettings, save_planted
-from mllm.tokenizer import build_tokenizer
+from mllm.model.loading import TINY_BASE_DIR
+from mllm.model.plant import MAX_COLUMNS, PlantSettings, save_planted
+from mllm.text.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")

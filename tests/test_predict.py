@@ -2,11 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mllm import prompt
-from mllm.config import parse_params
-from mllm.model import load_base
-from mllm.predict import PredictionError, Predictor, answer_piece, encode_tables
-from mllm.tokenizer import build_tokenizer
+from mllm.core.params import parse_params
+from mllm.inference.predict import PredictionError, Predictor, answer_piece, encode_tables
+from mllm.model.loading import load_base
+from mllm.text import prompt
+from mllm.text.tokenizer import build_tokenizer
 from tests.training_helpers import raw_params
 
 
@@ -129,7 +129,7 @@ def test_retrieval_when_the_context_does_not_fit(tok, model):
 
 
 def test_nearest_shots_round_robin_within_budget():
-    from mllm.retrieval import nearest_shots
+    from mllm.inference.retrieval import nearest_shots
 
     shots = np.array([[0, 0], [10, 10], [500, 500], [990, 990], [5, 5], [980, 980]])
     queries = np.array([[1, 1], [999, 999]])

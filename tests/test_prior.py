@@ -1,17 +1,17 @@
 import numpy as np
 import pytest
 
-from mllm.config import GenerateParams
-from mllm.prior import generate_task, task_rng
-from mllm.prior.activations import ACTIVATIONS, apply_activation
-from mllm.prior.causes import sample_causes
-from mllm.prior.classify import discretise_columns, to_classes
-from mllm.prior.sampler import TaskGenerationError
-from mllm.prior.tree_scm import _leaf_means, _leaves
+from mllm.data.prior import generate_task, task_rng
+from mllm.data.prior.activations import ACTIVATIONS, apply_activation
+from mllm.data.prior.causes import sample_causes
+from mllm.data.prior.classify import discretise_columns, to_classes
+from mllm.data.prior.sampler import TaskGenerationError
+from mllm.data.prior.tree_scm import _leaf_means, _leaves
+from tests.conftest import section
 
 
 def _params(**kw):
-    return GenerateParams(num_tasks=100, shard_size=10, **kw)
+    return section("generate", num_tasks=100, shard_size=10, **kw)
 
 
 def _check_task(t, p):

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mllm.cli import app
-from mllm.registry import RegistryError, decide, promote, register, resolve
+from mllm.model.references import RegistryError, resolve
+from mllm.registry.promotion import decide, promote, register
 from tests.conftest import stop_process
 from tests.training_helpers import save_tiny_model
 

@@ -9,8 +9,9 @@ import urllib.request
 import mlflow
 import pytest
 
-from mllm import tracking
-from mllm.registry import register, resolve
+from mllm.core import tracking
+from mllm.model.references import resolve
+from mllm.registry.promotion import register
 from tests.conftest import ROOT, stop_process
 from tests.training_helpers import save_tiny_model
 

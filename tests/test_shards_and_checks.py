@@ -2,13 +2,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mllm import generate as gen
-from mllm.config import GenerateParams
-from mllm.prior import Task, generate_task
-from mllm.shards import iter_tasks, read_shard, shard_name, tasks_to_table, write_shard
-from mllm.validation import DataCheckError, check_shard, check_summary, task_summary
+from mllm.data import generate as gen
+from mllm.data.checks import DataCheckError, check_shard, task_summary
+from mllm.data.prior import Task, generate_task
+from mllm.data.shards import iter_tasks, read_shard, shard_name, tasks_to_table, write_shard
+from tests.conftest import section
 
-P = GenerateParams(num_tasks=24, shard_size=10, shots={"min": 8, "max": 64}, features={"min": 5, "max": 12})
+P = section("generate", num_tasks=24, shard_size=10, shots={"min": 8, "max": 64}, features={"min": 5, "max": 12})
 
 
 def _tasks(n=6, seed=0):
@@ -74,7 +74,7 @@ def test_summary_counts():
     s = task_summary(tasks_to_table(_tasks(3)))
     assert list(s.declared_rows) == list(s.label_rows) == list(s.feature_rows)
     assert (s.n_nonfinite == 0).all()
-    assert check_summary(s, P).success
+    assert check_shard(tasks_to_table(_tasks(3)), P, "three").success
 
 
 def test_failing_shard_is_never_written(tmp_path, monkeypatch):
@@ -95,7 +95,7 @@ def test_failing_shard_is_never_written(tmp_path, monkeypatch):
 
 
 def test_shard_ranges_cover_every_task_once():
-    p = GenerateParams(num_tasks=23, shard_size=5)
+    p = section("generate", num_tasks=23, shard_size=5)
     ranges = gen.shard_ranges(p)
     ids = [i for a, b in ranges for i in range(a, b)]
     assert ids == list(range(23)) and len(ranges) == 5

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from mllm.prior import Task
-from mllm.teacher import Gates, chance_level, consensus_rows, evaluate_gates, judge_task
+from mllm.data.task import Task
+from mllm.data.teacher import Gates, chance_level, consensus_rows, evaluate_gates, judge_task
 
 G = Gates()
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from mllm.config import parse_params
-from mllm.model import TINY_BASE_DIR, ModelError, load_base, load_trained
-from mllm.tokenizer import build_tokenizer, load_tokenizer
-from mllm.train import run_training
+from mllm.core.params import parse_params
+from mllm.model.loading import TINY_BASE_DIR, ModelError, load_base, load_trained
+from mllm.model.train import run_training
+from mllm.text.tokenizer import build_tokenizer, load_tokenizer
 from tests.training_helpers import make_corpus, raw_params
 
 pytestmark = pytest.mark.skipif(not (TINY_BASE_DIR / "config.json").is_file(), reason="no committed tiny base")

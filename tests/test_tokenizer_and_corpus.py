@@ -1,12 +1,19 @@
 import numpy as np
 import pytest
 
-from mllm import prompt
-from mllm.config import EncodeParams, GenerateParams
-from mllm.corpus import ContextTooLong, count_tokens, encode_shard, encode_task, fit_to_budget, read_corpus
-from mllm.prior import generate_task
-from mllm.shards import tasks_to_table, write_shard
-from mllm.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from mllm.data.prior import generate_task
+from mllm.data.shards import tasks_to_table, write_shard
+from mllm.text import prompt
+from mllm.text.corpus import (
+    ContextTooLong,
+    count_tokens,
+    encode_shard,
+    encode_task,
+    fit_to_budget,
+    read_corpus,
+)
+from mllm.text.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from tests.conftest import section
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +100,16 @@ def test_context_that_cannot_fit_is_refused(tok):
 
 
 def test_encode_task_round_trip_to_the_table(tok):
-    p = GenerateParams(num_tasks=1, shard_size=1, shots={"min": 20, "max": 40}, features={"min": 5, "max": 8})
+    p = section("generate", num_tasks=1, shard_size=1, shots={"min": 20, "max": 40}, features={"min": 5, "max": 8})
     task = generate_task(0, 3, p)
-    seq = encode_task(task, tok, seed=0, ep=EncodeParams(cutoff_len=100_000, min_shots=8))
+    seq = encode_task(task, tok, seed=0, ep=section("encode", cutoff_len=100_000, min_shots=8, max_queries=50))
     back = prompt.parse_user_prompt(seq.messages[1]["content"])
     assert back["n_features"] == task.n_features and back["n_classes"] == task.n_classes
     np.testing.assert_array_equal(back["shot_labels"], task.y[: task.n_shots])
     np.testing.assert_array_equal(prompt.parse_answer(seq.messages[2]["content"], task.n_queries, task.n_classes),
                                   task.y[task.n_shots:])
     # decoded values are the quantised table, up to the seeded column order
-    from mllm.encoding import column_permutation, quantise
+    from mllm.text.encoding import column_permutation, quantise
 
     order = column_permutation(0, task.task_id, task.n_features)
     s, qv = quantise(task.X[: task.n_shots, order], task.X[task.n_shots:, order])
@@ -111,12 +118,12 @@ def test_encode_task_round_trip_to_the_table(tok):
 
 
 def test_encode_shard_writes_a_datasets_loadable_corpus(tmp_path, tok):
-    p = GenerateParams(num_tasks=6, shard_size=6, shots={"min": 8, "max": 200}, features={"min": 15, "max": 45},
+    p = section("generate", num_tasks=6, shard_size=6, shots={"min": 8, "max": 200}, features={"min": 15, "max": 45},
                        queries=50)
     tasks = [generate_task(1, i, p) for i in range(6)]
     write_shard(tasks_to_table(tasks), tmp_path / "in.parquet")
     stats = encode_shard(tmp_path / "in.parquet", tmp_path / "out.parquet", tok, 1,
-                         EncodeParams(cutoff_len=4000, min_shots=8))
+                         section("encode", cutoff_len=4000, min_shots=8, max_queries=50))
     table = read_corpus(tmp_path / "out.parquet")
     assert stats["sequences"] == table.num_rows and stats["sequences"] + sum(stats["skipped"].values()) == 6
     assert stats["skipped"].get("context_too_long", 0) >= 1  # 50 queries x ~40 features exceed 4000 tokens
@@ -130,9 +137,9 @@ def test_encode_shard_writes_a_datasets_loadable_corpus(tmp_path, tok):
 
 
 def test_max_queries_keeps_the_first_queries(tok):
-    p = GenerateParams(num_tasks=1, shard_size=1, shots={"min": 20, "max": 40}, features={"min": 5, "max": 8})
+    p = section("generate", num_tasks=1, shard_size=1, shots={"min": 20, "max": 40}, features={"min": 5, "max": 8})
     task = generate_task(0, 3, p)
-    seq = encode_task(task, tok, seed=0, ep=EncodeParams(cutoff_len=100_000, max_queries=7))
+    seq = encode_task(task, tok, seed=0, ep=section("encode", cutoff_len=100_000, max_queries=7))
     back = prompt.parse_user_prompt(seq.messages[1]["content"])
     assert back["queries"].shape[0] == 7
     np.testing.assert_array_equal(prompt.parse_answer(seq.messages[2]["content"], 7, task.n_classes),
@@ -141,8 +148,8 @@ def test_max_queries_keeps_the_first_queries(tok):
 
 def test_embedded_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path, tok):
     """A model dir has a Qwen2 config.json; the embedded tokenizer in it must keep its own number tokens."""
-    from mllm.config import parse_params
-    from mllm.model import load_base
+    from mllm.core.params import parse_params
+    from mllm.model.loading import load_base
     from tests.training_helpers import raw_params
 
     load_base(parse_params(raw_params()).model, tok, seed=0).save_pretrained(tmp_path)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from mllm import prompt
-from mllm.config import ParamsError, parse_params
-from mllm.model import ModelError, add_adapter, load_base
-from mllm.tokenizer import build_tokenizer
-from mllm.train import TrainingError, run_training
-from mllm.training_data import IGNORE, shot_label_spans, tokenize_example
+from mllm.core.params import ParamsError, parse_params
+from mllm.model.loading import ModelError, add_adapter, load_base
+from mllm.model.train import TrainingError, run_training
+from mllm.model.training_data import IGNORE, shot_label_spans, tokenize_example
+from mllm.text import prompt
+from mllm.text.tokenizer import build_tokenizer
 from tests.training_helpers import TINY_MODEL, make_corpus, raw_params, write_params
 
 
@@ -107,9 +107,9 @@ def test_lora_training_gives_the_same_bytes_in_any_process(tmp_path, data, tok, 
     tok_dir, corpus = data
     load_base(parse_params(raw_params()).model, tok, seed=0).save_pretrained(tmp_path / "base")
     raw = raw_params(model={"base": str(tmp_path / "base"), "adapter": "lora"},
-                     train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 2}],
+                     train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-3, "epochs": 1, "max_steps": 2, "max_examples": None}],
                             "grad_accum": 1, "checkpoint_every": 2, "mixed_precision": "no"})
-    cmd = [sys.executable, "-m", "mllm.train_cli", "--params", str(write_params(tmp_path / "p.yaml", raw)),
+    cmd = [sys.executable, "-m", "mllm.model.train_worker", "--params", str(write_params(tmp_path / "p.yaml", raw)),
            "--corpus", str(corpus), "--tokenizer", str(tok_dir)]
     for seed in ("1", "2"):
         res = subprocess.run(cmd + ["--out", str(tmp_path / seed)], env={**venv_env, "PYTHONHASHSEED": seed},
@@ -159,10 +159,10 @@ def test_killed_run_resumes_with_no_lost_progress(tmp_path, data, venv_env):
     """Kill a real training process after its first checkpoint; the rerun ends where an uninterrupted
     run ends, with the same step count and the same weights."""
     tok_dir, corpus = data
-    raw = raw_params(train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-3, "max_steps": 8}],
+    raw = raw_params(train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-3, "epochs": 1, "max_steps": 8, "max_examples": None}],
                             "grad_accum": 2, "checkpoint_every": 2, "mixed_precision": "no"})
     params_file = write_params(tmp_path / "params.yaml", raw)
-    cmd = [sys.executable, "-m", "mllm.train_cli", "--params", str(params_file), "--corpus", str(corpus),
+    cmd = [sys.executable, "-m", "mllm.model.train_worker", "--params", str(params_file), "--corpus", str(corpus),
            "--tokenizer", str(tok_dir)]
 
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], env=venv_env, capture_output=True, text=True,
@@ -200,7 +200,7 @@ def test_two_cpu_processes_are_two_ranks(tmp_path, data, venv_env):
     params_file = write_params(tmp_path / "params.yaml", raw_params())
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-         "mllm.train_cli", "--params", str(params_file), "--corpus", str(corpus), "--tokenizer", str(tok_dir),
+         "mllm.model.train_worker", "--params", str(params_file), "--corpus", str(corpus), "--tokenizer", str(tok_dir),
          "--out", str(tmp_path / "out")],
         env=venv_env, capture_output=True, text=True, timeout=600,
     )
@@ -225,26 +225,11 @@ def test_time_budget_stops_exports_and_resumes(tmp_path, data):
     assert again["position"]["step"] == 1 and again["steps_this_run"] == 1
 
 
-def test_label_scoring_reads_label_positions(tmp_path, data, tok):
-    from mllm.corpus import read_corpus
-    from mllm.scoring import evaluate_corpus, label_token_ids, score_sequence
-
-    tok_dir, corpus = data
-    model = load_base(parse_params(raw_params()).model, tok, seed=0)
-    row = read_corpus(corpus / "full" / "shard-00000.parquet").slice(0, 1).to_pylist()[0]
-    probs = score_sequence(model, tok, row["messages"], row["n_classes"])
-    assert probs.shape == (row["n_queries"], row["n_classes"])
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert len(set(label_token_ids(tok, 10))) == 10
-    res = evaluate_corpus(model, tok, [row])
-    assert res["queries"] == row["n_queries"] and 0 <= res["accuracy"] <= 1 and 0 < res["majority"] <= 1
-
-
 def test_corpus_with_no_sequences_is_refused(tmp_path, data):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mllm.corpus import CORPUS_SCHEMA
+    from mllm.text.corpus import CORPUS_SCHEMA
 
     tok_dir, _ = data
     for name in ("warmup", "full"):
@@ -252,45 +237,3 @@ def test_corpus_with_no_sequences_is_refused(tmp_path, data):
         pq.write_table(pa.Table.from_pylist([], schema=CORPUS_SCHEMA), tmp_path / "c" / name / "shard-00000.parquet")
     with pytest.raises(TrainingError, match="the warmup corpus is empty"):
         run_training(parse_params(raw_params()), tmp_path / "c", str(tok_dir), tmp_path / "out")
-
-
-def test_shot_label_accuracy_reads_each_shot_label_from_the_rows_before_it(data, tok):
-    import torch
-
-    from mllm.corpus import read_corpus
-    from mllm.prompt import parse_user_prompt
-    from mllm.scoring import label_token_ids, shot_label_accuracy
-
-    _, corpus = data
-    rows = read_corpus(corpus / "full" / "shard-00000.parquet").slice(0, 3).to_pylist()
-
-    class Out:
-        def __init__(self, logits):
-            self.logits = logits
-
-    class Oracle:  # puts all mass on the next token: right only if the label positions are right
-        def eval(self):
-            return self
-
-        def __call__(self, input_ids):
-            ids = input_ids[0]
-            logits = torch.zeros(1, ids.numel(), len(tok))
-            logits[0, torch.arange(ids.numel() - 1), ids[1:]] = 1.0
-            return Out(logits)
-
-    class AlwaysZero(Oracle):
-        def __call__(self, input_ids):
-            logits = torch.zeros(1, input_ids.shape[1], len(tok))
-            logits[0, :, label_token_ids(tok, 2)[0]] = 1.0
-            return Out(logits)
-
-    res = shot_label_accuracy(Oracle(), tok, rows)
-    assert sum(r["labels"] for r in res) == sum(parse_user_prompt(r["messages"][1]["content"])["shots"].shape[0] - 1
-                                                for r in rows)
-    assert all(r["model"] == 1.0 for r in res if r["labels"])
-    zero = shot_label_accuracy(AlwaysZero(), tok, rows)
-    labels = np.concatenate([parse_user_prompt(r["messages"][1]["content"])["shot_labels"][1:] for r in rows])
-    n = np.array([r["labels"] for r in zero])
-    got = sum(r["model"] * c for r, c in zip(zero, n) if c) / n.sum()
-    assert got == pytest.approx(np.mean(labels == 0))
-    assert all(0 <= r["majority"] <= 1 and 0 <= r["knn5"] <= 1 for r in zero if r["labels"])

@@ -1,0 +1,311 @@
+"""Typed, validated parameters (``params.yaml``).
+
+Every stage reads its section through these models, so a wrong value fails before any work starts with a
+message that names the parameter (``generate.features: min 60 > max 50``). ``params.yaml`` is the one place
+defaults live: these models carry none, so every section and key is required and an unknown one (a typo) is
+an error that names it. The name lists other modules use are derived from the ``Literal`` types here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mllm.core.errors import InputError
+
+MAX_CLASSES = 10  # the label vocabulary of the paper's recipe; more classes is a different problem
+
+Prior = Literal["mlp", "tree", "mix"]
+NumberMode = Literal["whole", "digits"]  # 0..999 one token each (LLaMA-3 style) or digit tokens (Qwen2)
+CorpusName = Literal["full", "warmup"]  # the filter stage's two task sets and the encode stage's two corpora
+SklearnDataset = Literal["iris", "wine", "breast_cancer", "digits"]  # bundled with scikit-learn: load offline
+BaselineName = Literal["random_forest", "knn", "xgboost", "logistic_regression", "majority"]
+
+FULL, WARMUP = get_args(CorpusName)
+NUMBER_MODES: tuple[str, ...] = get_args(NumberMode)
+SKLEARN_DATASETS: tuple[str, ...] = get_args(SklearnDataset)
+BASELINE_NAMES: tuple[str, ...] = get_args(BaselineName)
+
+
+class ParamsError(InputError):
+    """Invalid parameters; the message names each offending parameter."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Range(_Strict):
+    """A ``{min, max}`` pair with min <= max; subclasses give the value type."""
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+class IntRange(_Range):
+    min: int = Field(ge=0)
+    max: int = Field(ge=0)
+
+
+class GenerateParams(_Strict):
+    """Synthetic task generation from SCM priors (TabICL-style)."""
+
+    num_tasks: int = Field(gt=0)
+    shard_size: int = Field(gt=0)
+    n_workers: int = Field(ge=1)
+    prior: Prior
+    mlp_share: float = Field(ge=0.0, le=1.0, description="share of MLP-SCM tasks when prior=mix")
+    features: IntRange
+    classes: IntRange
+    shots: IntRange
+    queries: int = Field(ge=1)
+    binary_share: float = Field(ge=0.0, le=1.0, description="P(K=2) when 2 is in range")
+    categorical_task_share: float = Field(ge=0.0, le=1.0)
+    max_attempts: int = Field(ge=1, description="redraws before a task is declared impossible")
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: IntRange) -> IntRange:
+        if v.min < 1:
+            raise ValueError("min must be >= 1")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: IntRange) -> IntRange:
+        if v.min < 2:
+            raise ValueError(f"min {v.min} < 2 (a task needs at least two classes)")
+        if v.max > MAX_CLASSES:
+            raise ValueError(f"max {v.max} > {MAX_CLASSES} (the supported label limit)")
+        return v
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: IntRange) -> IntRange:
+        if v.min < 2:
+            raise ValueError(f"min {v.min} < 2 (two classes need two shot rows)")
+        return v
+
+
+class FloatRange(_Range):
+    min: float
+    max: float
+
+
+class FilterParams(_Strict):
+    """Random-forest teacher gates (task level) and consensus (sample level)."""
+
+    n_estimators: int = Field(ge=1)
+    p_value_max: float = Field(gt=0.0, le=1.0, description="one-sided binomial test vs chance")
+    kappa_min: float = Field(ge=-1.0, le=1.0)
+    balanced_accuracy_margin: float = Field(ge=0.0, le=1.0, description="over 1/K")
+    min_predicted_classes: int = Field(ge=1)
+    max_dominant_share: float = Field(gt=0.0, le=1.0)
+    kept_share: FloatRange
+    n_workers: int = Field(ge=1)
+
+
+class TokenizerParams(_Strict):
+    """The embedded default tokenizer (built by the ``tokenizer`` stage)."""
+
+    numbers: NumberMode
+
+
+class EncodeParams(_Strict):
+    """Compact encoding of filtered tasks into chat sequences."""
+
+    tokenizer: str = Field(description="tokenizer dir, or a locally cached hub id")
+    cutoff_len: int = Field(ge=64, description="max tokens per sequence; shots are dropped to fit")
+    min_shots: int = Field(ge=1, description="a task that cannot keep this many shots is skipped")
+    max_queries: int = Field(ge=1, le=50, description="query rows answered per sequence (the first ones)")
+    n_workers: int = Field(ge=1)
+
+
+class TinyModelParams(_Strict):
+    """Shape of the embedded tiny model (a Qwen2-architecture causal LM), used when training from scratch."""
+
+    hidden_size: int = Field(ge=8)
+    intermediate_size: int = Field(ge=8)
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    max_positions: int = Field(ge=64)
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyModelParams:
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads {self.heads} is not a multiple of kv_heads {self.kv_heads}")
+        return self
+
+
+class LoraParams(_Strict):
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    target_modules: str | list[str]
+
+
+class ModelParams(_Strict):
+    base: str = Field(description="tiny | scratch | a local model dir | a cached hub id")
+    adapter: Literal["lora", "full"]
+    lora: LoraParams
+    tiny: TinyModelParams
+    trust_remote_code: bool
+
+    @model_validator(mode="after")
+    def _scratch_is_full(self) -> ModelParams:
+        if self.base == "scratch" and self.adapter != "full":
+            raise ValueError("base 'scratch' (random init) trains all weights: set model.adapter to 'full'")
+        return self
+
+
+class TrainStage(_Strict):
+    """One curriculum stage: a corpus, a learning rate, and how long."""
+
+    name: str
+    corpus: CorpusName
+    lr: float = Field(gt=0.0)
+    epochs: float = Field(gt=0.0)
+    max_steps: int | None = Field(ge=1, description="optimizer steps; caps epochs")
+    max_examples: int | None = Field(ge=1)
+
+
+class TrainParams(_Strict):
+    """Continued pretraining (the curriculum runs its stages in order, each resuming the previous weights)."""
+
+    stages: list[TrainStage] = Field(min_length=1)
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(ge=1)
+    warmup_ratio: float = Field(ge=0.0, lt=1.0)
+    weight_decay: float = Field(ge=0.0)
+    max_grad_norm: float = Field(gt=0.0)
+    shot_label_loss: bool
+    answer_loss: Literal["all", "labels"] = Field(
+        description="all: the whole JSON answer carries loss (the paper); labels: only its "
+        "label values (a model read by label scoring that never writes the JSON, e.g. the compiled base)")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"]
+    gradient_checkpointing: Literal["auto"] | bool
+    checkpoint_every: int = Field(ge=1, description="optimizer steps between checkpoints")
+    num_processes: int = Field(ge=1, description="data-parallel processes (torchrun) on this machine")
+    log_every: int = Field(ge=1)
+
+
+class EvaluateParams(_Strict):
+    """Evaluation on real tables (the paper's protocol) and the registry gate."""
+
+    sklearn_datasets: list[SklearnDataset]
+    csv_dir: str | None = Field(description="a directory of CSV tables (last column the label)")
+    max_csv: int | None = Field(ge=1, description="use only the first N CSVs (sorted by name)")
+    shots: list[int] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    max_test: int | None = Field(ge=1, description="cap on test rows per table (None: all)")
+    baselines: list[BaselineName]
+    include_base: bool = Field(description="also evaluate the untrained base model")
+    compare_champion: bool = Field(description="also evaluate the registry's current champion")
+    max_queries: int = Field(ge=1, le=50)
+    n_ensemble: int = Field(ge=1)
+    registered_model: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: list[int]) -> list[int]:
+        if any(s < 2 for s in v):
+            raise ValueError(f"every shot count must be >= 2, got {v}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _majority(self) -> EvaluateParams:
+        if "majority" not in self.baselines:
+            raise ValueError("baselines must include 'majority' (the promotion gate compares against it)")
+        if not self.sklearn_datasets and self.csv_dir is None:
+            raise ValueError("no datasets: list sklearn_datasets or set csv_dir")
+        return self
+
+
+class PipelineParams(_Strict):
+    """The scheduled pipeline (``mllm serve``)."""
+
+    cron: str = Field(description="cron schedule of the served pipeline deployment")
+    deployment: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {v!r}")
+        return v
+
+
+class RunnerParams(_Strict):
+    """Where fan-out stages (generate, filter, encode) run their shards."""
+
+    kind: Literal["process", "dask"]
+    dask_address: str | None = Field(description="scheduler address; None = a local cluster")
+
+
+class Params(_Strict):
+    seed: int = Field(ge=0)
+    runner: RunnerParams
+    generate: GenerateParams
+    filter: FilterParams
+    tokenizer: TokenizerParams
+    encode: EncodeParams
+    model: ModelParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    pipeline: PipelineParams
+
+
+def _format_errors(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            msg = "missing (params.yaml holds every section and key with its default)"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        lines.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+    return "invalid params:\n  " + "\n  ".join(lines)
+
+
+def parse_params(raw: dict) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Load and validate ``params.yaml``; ``overrides`` is a nested dict merged on top. Every section and key
+    is required (this file is where the defaults live) and an unknown one is an error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params file {path} must hold a mapping at top level")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return parse_params(raw)
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from None
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

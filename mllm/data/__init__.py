@@ -1,0 +1,1 @@
+"""Data stages: SCM priors -> checked task shards (generate) -> random-forest teacher (filter)."""

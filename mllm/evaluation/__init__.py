@@ -1,0 +1,1 @@
+"""Evaluation on real tables: the suite, the classical baselines, metrics and learning curves."""

@@ -1,0 +1,278 @@
+"""In-context prediction: a labelled table (the context) + unlabelled rows -> label probabilities.
+
+One engine for evaluation, the API and serving. The context is encoded with the shared encoder
+(statistics from the context rows only); query rows are answered up to ``max_queries`` per sequence; the
+shared prefix (system + data header + shot rows) is run once and its KV cache reused for every chunk of
+queries. Labels are **scored, not parsed**: at each answer position the model's probability of every label
+of the task is read, the most likely one is written into the answer, and decoding moves on to the next
+query, so the output always parses and every row gets a full probability vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mllm.core.errors import InputError
+from mllm.core.params import MAX_CLASSES
+from mllm.inference import DEFAULT_MAX_QUERIES
+from mllm.inference.retrieval import nearest_shots
+from mllm.inference.scoring import label_token_ids
+from mllm.text import prompt
+from mllm.text.encoding import LabelMap, ordinal_encode, quantise
+
+
+class PredictionError(InputError):
+    """A context or query table that cannot be predicted as given."""
+
+
+@dataclass
+class Encoded:
+    shots: np.ndarray  # (m, d) int codes
+    shot_ids: np.ndarray  # (m,) label ids 0..K-1
+    queries: np.ndarray  # (n, d) int codes
+    labels: LabelMap
+
+
+def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame) -> Encoded:
+    """Shared encoder on user tables: ordinal codes, shot-only z-scores -> 0..999, labels -> 0..K-1."""
+    if len(context) == 0:
+        raise PredictionError("the context table has no rows")
+    if len(queries) == 0:
+        raise PredictionError("no rows to predict")
+    if context.shape[1] == 0:
+        raise PredictionError("the context table has no feature columns")
+    y = pd.Series(y_context).reset_index(drop=True)
+    if y.isna().any():
+        raise PredictionError(f"{int(y.isna().sum())} context rows have no label")
+    labels = LabelMap.fit(y.to_numpy())
+    if labels.n_classes < 2:
+        raise PredictionError(f"the context holds a single class ({labels.classes[0]!r}); at least 2 are needed")
+    if labels.n_classes > MAX_CLASSES:
+        raise PredictionError(f"the context holds {labels.n_classes} classes; at most {MAX_CLASSES} are supported")
+    s_num, q_num, _ = ordinal_encode(context.reset_index(drop=True), queries.reset_index(drop=True))
+    shots, qs = quantise(s_num, q_num)
+    return Encoded(shots, labels.to_ids(y.to_numpy()), qs, labels)
+
+
+def prediction_frame(classes: np.ndarray, proba: np.ndarray) -> pd.DataFrame:
+    """What prediction returns to a user: the predicted label and one ``proba_<class>`` column per class."""
+    out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in classes])
+    out.insert(0, "prediction", classes[proba.argmax(axis=1)])
+    return out
+
+
+def answer_piece(i: int) -> str:
+    """The answer text between label i-1 and label i (``[{"id":0,"label":`` first). Pieces end and start at
+    digits, where every supported tokenizer splits, so piecewise tokens equal the training sequence's."""
+    return ('[{"id":0,"label":' if i == 0 else f'}},{{"id":{i},"label":')
+
+
+def _crop(cache, length: int) -> None:
+    """Cut a KV cache back to ``length`` tokens (a negative count means "remove" in transformers 4 and 5)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+class Predictor:
+    """Label probabilities from a causal LM and its tokenizer (see module docstring).
+
+    ``decode="parallel"`` (default) finds the greedy answer by Jacobi iteration: the labels of
+    ``items_per_pass`` items are scored in one forward pass given guessed earlier labels; items up to the
+    first changed guess are final, and the pass repeats from there. The fixed point is exactly the sequential
+    greedy answer in far fewer passes than one per query; 8 items (not the whole chunk) keep each pass short,
+    since on CPU a pass over 8 items costs little more than one over a single item. ``decode="sequential"``
+    scores one query per forward pass.
+    ``decode="generate"`` lets the model write the JSON answer and parses it (for models that only return
+    text); a malformed answer is an error, and the probabilities are one-hot.
+    """
+
+    def __init__(self, model, tokenizer, max_queries: int = DEFAULT_MAX_QUERIES, n_ensemble: int = 1, seed: int = 0,
+                 cutoff_len: int | None = None, cache_prefix: bool = True, decode: str = "parallel",
+                 min_shots: int = 8, items_per_pass: int = 8):
+        if not 1 <= max_queries <= prompt.MAX_QUERIES:
+            raise PredictionError(f"max_queries must be 1..{prompt.MAX_QUERIES}, got {max_queries}")
+        if items_per_pass < 1:
+            raise PredictionError(f"items_per_pass must be at least 1, got {items_per_pass}")
+        if decode not in ("parallel", "sequential", "generate"):
+            raise PredictionError(f"decode must be parallel, sequential or generate, got {decode!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_queries, self.n_ensemble, self.seed = max_queries, n_ensemble, seed
+        self.cache_prefix = cache_prefix  # off only to measure what the cache saves
+        self.decode, self.min_shots, self.items_per_pass = decode, min_shots, items_per_pass
+        self.cutoff_len = cutoff_len or getattr(model.config, "max_position_embeddings", None)
+        self.stats = {"sequences": 0, "retrieval_chunks": 0, "passes": 0}
+
+    # -- text pieces -------------------------------------------------------------------------------
+
+    def _prefix_text(self, shots: np.ndarray, shot_ids: np.ndarray, n_classes: int) -> str:
+        header = prompt.data_header(shots.shape[1], n_classes)
+        user_head = "\n".join([header, "", "[Training set]", *prompt.shot_lines(shots, shot_ids), "", "[Test set]"])
+        msgs = [{"role": "system", "content": prompt.SYSTEM_PROMPT}, {"role": "user", "content": user_head + "\n"}]
+        text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
+        # cut at the end of the user content: the test rows continue the same message
+        return text[: text.rindex(user_head) + len(user_head) + 1]
+
+    def _suffix_text(self, queries: np.ndarray) -> str:
+        user_tail = "\n".join([*prompt.query_lines(queries), "", prompt.OUTPUT_REQUIREMENTS])
+        full = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "\x00" + user_tail}], tokenize=False, add_generation_prompt=True)
+        return full[full.index("\x00") + 1:]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _answer_ids(self, labels: np.ndarray, cand: list[int]) -> tuple[list[int], list[int]]:
+        """Answer tokens for ``labels`` and, per item, the index of its label token."""
+        ids, at = [], []
+        for i, k in enumerate(labels):
+            ids += self._ids(answer_piece(i))
+            at.append(len(ids))
+            ids.append(cand[int(k)])
+        return ids, at
+
+    # -- forward passes ----------------------------------------------------------------------------
+
+    def _forward(self, ids: list[int], cache, pos: int, keep=1):
+        """Run ``ids`` after ``cache``; logits only at ``keep`` (the last n positions, or these indices)."""
+        import torch
+
+        with torch.no_grad():
+            out = self.model(input_ids=torch.as_tensor([ids]), past_key_values=cache, use_cache=True,
+                             position_ids=torch.arange(pos, pos + len(ids))[None], logits_to_keep=keep)
+        return out.logits[0], out.past_key_values
+
+    def _run_prefix(self, prefix: list[int]):
+        return self._forward(prefix, None, 0)[1]
+
+    def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, cand: list[int], guess: int = 0) -> np.ndarray:
+        import torch
+
+        n = queries.shape[0]
+        probs = np.zeros((n, len(cand)))
+        _, cache = self._forward(self._ids(self._suffix_text(queries)), cache, prefix_len)
+        base = cache.get_seq_length()  # prefix + query rows: shared by every pass below
+        if self.decode == "sequential":
+            pending, pos = [], base
+            for i in range(n):
+                pending += self._ids(answer_piece(i))
+                logits, cache = self._forward(pending, cache, pos)
+                pos += len(pending)
+                probs[i] = torch.softmax(logits[-1, cand].float(), dim=-1).numpy()
+                pending = [cand[int(probs[i].argmax())]]
+                self.stats["passes"] += 1
+        else:
+            labels = np.full(n, guess, dtype=np.int64)  # any guess gives the same answer; a good one saves passes
+            ids, at = self._answer_ids(labels, cand)
+            start, lo = 0, 0  # items before `start` are final; tokens before `lo` are in the cache
+            while start < n:
+                end = min(n, start + self.items_per_pass)  # a pass scores items start..end-1
+                _crop(cache, base + lo)
+                logits, cache = self._forward(ids[lo:at[end - 1] + 1], cache, base + lo,
+                                              keep=torch.as_tensor(at[start:end]) - lo - 1)
+                p = torch.softmax(logits[:, cand].float(), dim=-1).numpy()
+                self.stats["passes"] += 1
+                new = p.argmax(axis=1)
+                probs[start:end] = p
+                changed = np.flatnonzero(new != labels[start:end])
+                if changed.size == 0:
+                    start, lo = end, at[end - 1] + 1  # all items of the pass are final and cached
+                    continue
+                j = start + int(changed[0])  # item j's score saw the final earlier labels: j is final now
+                labels[start:end] = new
+                for i in range(j, end):
+                    ids[at[i]] = cand[int(labels[i])]
+                start, lo = j + 1, at[j]  # recompute from item j's (changed) label token
+        _crop(cache, prefix_len)  # leave the shared prefix cache as it was
+        return probs
+
+    # -- planning: what fits the window ------------------------------------------------------------
+
+    def _chunk_tokens(self, queries: np.ndarray, n_cand: int) -> int:
+        """Tokens a chunk of queries adds after the prefix (query rows, requirements, answer)."""
+        return len(self._ids(self._suffix_text(queries))) + len(self._answer_ids(np.zeros(len(queries), int),
+                                                                                  [0] * n_cand)[0]) + 2
+
+    def _row_costs(self, shots: np.ndarray, shot_ids: np.ndarray) -> np.ndarray:
+        lines = [line + "\n" for line in prompt.shot_lines(shots, shot_ids)]
+        return np.array([len(t) for t in self.tokenizer(lines, add_special_tokens=False)["input_ids"]]) + 1
+
+    def _generate_chunk(self, prefix: list[int], queries: np.ndarray, k: int) -> np.ndarray:
+        import torch
+
+        ids = prefix + self._ids(self._suffix_text(queries))
+        with torch.no_grad():
+            out = self.model.generate(torch.as_tensor([ids]), max_new_tokens=16 * len(queries) + 8, do_sample=False)
+        text = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        try:
+            labels = prompt.parse_answer(text.strip(), len(queries), k)
+        except ValueError as err:
+            raise PredictionError(f"the model's generated answer does not parse: {err}") from None
+        return np.eye(k)[labels]
+
+    def predict_proba_encoded(self, enc: Encoded) -> np.ndarray:
+        """(n_queries, K) probabilities, averaged over ``n_ensemble`` seeded row/column permutations."""
+        k = enc.labels.n_classes
+        cand = label_token_ids(self.tokenizer, k)
+        total = np.zeros((enc.queries.shape[0], k))
+        for v in range(self.n_ensemble):
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, v]))
+            cols = rng.permutation(enc.shots.shape[1]) if v else np.arange(enc.shots.shape[1])
+            rows = rng.permutation(enc.shots.shape[0]) if v else np.arange(enc.shots.shape[0])
+            shots, shot_ids, queries = enc.shots[rows][:, cols], enc.shot_ids[rows], enc.queries[:, cols]
+            total += self._predict_one(shots, shot_ids, queries, k, cand)
+        return total / self.n_ensemble
+
+    def _predict_one(self, shots, shot_ids, queries, k, cand) -> np.ndarray:
+        out = np.zeros((queries.shape[0], k))
+        head = self._ids(self._prefix_text(shots[:0], shot_ids[:0], k))
+        costs = self._row_costs(shots, shot_ids)
+        limit = self.cutoff_len or 10**9
+
+        def fits(shot_tokens: int, c: int) -> bool:
+            return len(head) + shot_tokens + self._chunk_tokens(queries[:c], k) <= limit
+
+        # all shots with the largest chunk of queries that leaves room for them (the prefix cache makes
+        # small chunks cheap); else nearest-neighbour shots per chunk of at most 10 queries
+        chunk = min(self.max_queries, queries.shape[0])
+        while chunk > 1 and not fits(int(costs.sum()), chunk):
+            chunk //= 2
+        fits_all = fits(int(costs.sum()), chunk)
+        if not fits_all:
+            need_min = int(np.sort(costs)[: self.min_shots].sum())
+            chunk = min(self.max_queries, queries.shape[0], 10)
+            while chunk > 1 and not fits(need_min, chunk):
+                chunk //= 2
+            if not fits(need_min, chunk):
+                raise PredictionError(
+                    f"the context ({shots.shape[0]} rows x {shots.shape[1]} features) does not fit the model's "
+                    f"{limit}-token window even with {min(self.min_shots, len(costs))} retrieved rows and one "
+                    "query row"
+                )
+        cache = None
+        if fits_all:
+            prefix = self._ids(self._prefix_text(shots, shot_ids, k))
+            cache = self._run_prefix(prefix) if self.cache_prefix and self.decode != "generate" else None
+        guess = int(np.bincount(shot_ids, minlength=k).argmax())  # the shots' majority class
+        for start in range(0, queries.shape[0], chunk):
+            q = queries[start:start + chunk]
+            if not fits_all:  # nearest-neighbour shots for this chunk
+                budget = limit - len(head) - self._chunk_tokens(q, k)
+                keep = nearest_shots(shots, q, costs, budget)
+                prefix = self._ids(self._prefix_text(shots[keep], shot_ids[keep], k))
+                self.stats["retrieval_chunks"] += 1
+            self.stats["sequences"] += 1
+            if self.decode == "generate":
+                out[start:start + chunk] = self._generate_chunk(prefix, q, k)
+                continue
+            c = cache if (fits_all and self.cache_prefix) else self._run_prefix(prefix)
+            out[start:start + chunk] = self._score_chunk(c, len(prefix), q, cand, guess)
+        return out
+
+    def predict_proba(self, context: pd.DataFrame, y_context, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, probabilities) for ``queries`` given the labelled ``context``."""
+        enc = encode_tables(context, y_context, queries)
+        return enc.labels.classes, self.predict_proba_encoded(enc)

@@ -1,0 +1,158 @@
+"""Models: the embedded tiny causal LM, any local or cached hub causal LM, and LoRA adapters on them.
+
+Nothing here downloads: a base that is not on local disk (or in the local Hugging Face cache) is an error
+that names it. Weights load from safetensors only, and no remote code runs unless asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mllm.core.errors import InputError
+from mllm.core.params import ModelParams
+
+TINY_BASE_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
+
+
+class ModelError(InputError):
+    """A model that cannot be loaded or adapted as asked; the message says which and why."""
+
+
+def tiny_config(mp: ModelParams, tokenizer):
+    """A small Qwen2-architecture config sized by ``model.tiny`` for the project's tokenizer."""
+    from transformers import Qwen2Config
+
+    t = mp.tiny
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        num_key_value_heads=t.kv_heads,
+        max_position_embeddings=t.max_positions,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def resolve_base(base: str) -> str:
+    """``tiny`` -> the committed embedded base; anything else is a local dir or a cached hub id."""
+    if base == "tiny":
+        if not (TINY_BASE_DIR / "config.json").is_file():
+            raise ModelError(f"model.base=tiny but no embedded base at {TINY_BASE_DIR}; use model.base=scratch")
+        return str(TINY_BASE_DIR)
+    return base
+
+
+def _from_local(name: str, trust_remote_code: bool = False):
+    """A causal LM from a local dir or the local HF cache: safetensors only, fp32, nothing downloaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True,
+                                                trust_remote_code=trust_remote_code, dtype=torch.float32)
+
+
+def load_base(mp: ModelParams, tokenizer, seed: int):
+    """The base causal LM: ``scratch`` (random init of the tiny config), ``tiny``, a path or a hub id."""
+    import torch
+
+    if mp.base == "scratch":
+        from transformers import Qwen2ForCausalLM
+
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(tiny_config(mp, tokenizer))
+    name = resolve_base(mp.base)
+    try:
+        model = _from_local(name, trust_remote_code=mp.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.base {mp.base!r} cannot be loaded from local files (nothing is downloaded): {err}") from None
+    # An adapter records its base as params name it ('tiny', not this checkout's absolute path), so the
+    # trained model's bytes do not depend on where the repo lies and load_trained resolves it in any checkout.
+    model.config._name_or_path = model.name_or_path = mp.base
+    own = Path(name) / "tokenizer.json"
+    if own.is_file():  # a base that ships its tokenizer must be fed by that tokenizer's vocabulary
+        from mllm.text.tokenizer import load_tokenizer
+
+        if load_tokenizer(Path(name)).get_vocab() != tokenizer.get_vocab():
+            raise ModelError(f"the tokenizer (encode.tokenizer) is not the one model.base {mp.base!r} was trained "
+                             f"with ({name}); re-encode with encode.tokenizer pointing at {name}")
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise ModelError(
+            f"model.base {mp.base!r} has {model.get_input_embeddings().weight.shape[0]} embeddings but the tokenizer "
+            f"has {len(tokenizer)} tokens: the tokenizer does not belong to this model"
+        )
+    return model
+
+
+def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
+    """Wrap ``model`` for training: LoRA (new, or resumed from ``resume_adapter``) or full fine-tuning."""
+    if mp.adapter == "full":
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume_adapter:
+        return PeftModel.from_pretrained(model, resume_adapter, is_trainable=True)
+    cfg = LoraConfig(
+        r=mp.lora.r, lora_alpha=mp.lora.alpha, lora_dropout=mp.lora.dropout, bias="none",
+        target_modules=mp.lora.target_modules, task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as err:
+        raise ModelError(f"LoRA target modules {mp.lora.target_modules!r} match nothing in model.base "
+                         f"{mp.base!r}: {err}") from None
+
+
+def save_trained(model, out: Path) -> None:
+    """Save a trained model (full, or a LoRA adapter without its base) as safetensors into ``out``."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        model.save_pretrained(out, safe_serialization=True)
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    # What peft's 'auto' decides, without its look-up of the base on the Hub: the vocabulary is never
+    # resized here (load_base refuses a tokenizer larger than the embeddings), so embeddings are saved
+    # exactly when LoRA adapted them.
+    adapted = any(isinstance(m, BaseTunerLayer) and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
+                  for name, m in model.named_modules())
+    for cfg in model.peft_config.values():
+        # peft keeps 'all-linear' resolved as a set, written in hash-seed order: sorted, the bytes are the same
+        if isinstance(cfg.target_modules, set):
+            cfg.target_modules = sorted(cfg.target_modules)
+    model.save_pretrained(out, safe_serialization=True, save_embedding_layers=adapted)
+
+
+def load_trained_with_tokenizer(path: str | Path):
+    """(model, tokenizer) of a trained model directory: what every prediction entry point needs."""
+    from mllm.text.tokenizer import load_tokenizer
+
+    return load_trained(path), load_tokenizer(path)
+
+
+def load_trained(path: str | Path):
+    """A trained model directory (``data/train/model``): a full model, or a LoRA adapter on its base."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ModelError(f"the adapter in {path} does not name its base model (base_model_name_or_path)")
+        try:
+            model = _from_local(resolve_base(base))
+        except (OSError, ValueError) as err:
+            raise ModelError(f"the base {base!r} of the adapter in {path} cannot be loaded from local files: {err}") from None
+        return PeftModel.from_pretrained(model, str(path))
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
+    return _from_local(str(path))

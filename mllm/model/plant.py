@@ -1,0 +1,275 @@
+"""The embedded base, compiled: a kernel-vote in-context classifier written into the weights of a Qwen2 LM.
+
+Training from scratch on this CPU never found the lookup that in-context classification needs (the model
+learns the shots' class frequencies and stops; models/tiny-base/README.md). So the base is compiled: its
+attention heads compute, in the forward pass, a kernel smoother over the prompt's shot rows, for any number
+of features up to 64, in the exact prompt format of ``mllm.text.prompt``; continued pretraining (LoRA by default)
+then starts from a model that already classifies in context.
+
+How (positions are tokens; numbers 0..999 are single tokens; a shot row is ``v1,..,vF|k`` + newline and a
+test row ``ID i:v1,..,vF`` + newline, so in both a row's values sit at odd offsets 1..2F-1 before its end):
+
+- every number token carries a smooth Fourier code c(v) of its value (nearby values, similar codes);
+- layers 2-7 build at each value a row summary S = sum_m P^m E c(v_m), slot m = the m-th value back within
+  the row, tagged by a fixed random rotation P^m (so two rows compare column by column without knowing F):
+  layer 1+k adds P^(2^(k-1)) times the partial summary 2^k tokens back, unless the row started inside the
+  current window, in which case it attends to a sink (``<|im_start|>``) instead (six doublings: 64 slots);
+- layer 8 copies the summary to ``|`` (the row to classify) and to the shot's label token (the key);
+- layer 9, at an answer's ``"label":``, finds test row i (a test row carries the id read after ``ID i:``)
+  and copies its summary there;
+- layer 10 votes: softmax(tau <S_row, S_shot>) over the shots' label tokens, which adds their label
+  embeddings to the residual: a kernel-weighted vote, i.e. a soft nearest-neighbour classifier.
+
+Everything else starts silenced (zero output projections), so the gradient of continued pretraining sees
+a working classifier. Positions use rotary pairs: the fast pairs give offset heads (q/k biases with the
+rotary phase of the wanted offset), rope_theta 1e30 leaves 54 pairs position-invariant over 2,048 tokens
+for content matching. Every code and flag is 0.01 in a residual whose constant dimension is 1, so each
+layer's RMS norm is a near-constant scale and the arithmetic stays linear.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+HIDDEN, HEAD_DIM, HEADS, LAYERS, INTERMEDIATE, MAX_POSITIONS = 512, 128, 2, 11, 128, 2048
+ROPE_THETA = 1e30
+N_FAST = 10                       # rotary pairs for offsets; pairs 10.. turn < 0.05 rad over 2,048 tokens
+A = 0.01                          # size of a code or a flag in the residual (the constant dimension is 1)
+C_POS = 25.0                      # offset score per fast pair: the target scores 10 x C_POS
+GATE = 12.0                       # softmax margin of every either/or head (nats)
+MAX_COLUMNS = 64                  # slots of the row summary: 2^6 after six doublings
+
+# residual layout
+TOK = slice(0, 64)                # token identity (random, small)
+CONST, SINK, COMMA, COLON, NEWL, BAR, NUM, DIGIT = range(64, 72)   # DIGIT: the tokens 0..9 (labels)
+NX, D = 16, 96                    # exact-identity code dims; summary dims
+EX = slice(96, 112)               # exact identity of a number
+PREV, PCOMMA, PCOLON, PBAR = slice(112, 128), 128, 129, 130
+ID3 = slice(131, 147)             # exact code of the token 3 back (an answer's id)
+ROWID = slice(147, 163)           # a test row's id, carried along the row
+B = list(range(163, 170))         # b[k]: the row started within the last 2^k slots
+S = slice(170, 170 + D)           # row summary (partial, growing with the doublings)
+S1 = slice(S.stop, S.stop + D)    # the summary of the row to classify
+ROWID1 = slice(S1.stop, S1.stop + NX)
+KS = slice(ROWID1.stop, ROWID1.stop + D)   # the summary of the row a shot label ends
+assert KS.stop <= HIDDEN
+
+
+@dataclass(frozen=True)
+class PlantSettings:
+    """The kernel: tau = sharpness per unit of summed code similarity (one unit = one identical value);
+    the value code has ``nfreq`` frequencies under a Gaussian taper of width ``sigma_f`` (a per-feature
+    kernel about 999 / (pi sigma_f) values, i.e. ~0.9 standard deviations of the z-scored column, wide)."""
+
+    tau: float = 1.5
+    nfreq: int = 8
+    sigma_f: float = 3.0
+    seed: int = 42
+
+    def __post_init__(self):
+        if not (self.tau > 0 and self.nfreq >= 1 and self.sigma_f > 0):
+            raise ValueError(f"plant settings must be positive: {asdict(self)}")
+
+
+def plant_config(tokenizer):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=HEAD_DIM,
+        max_position_embeddings=MAX_POSITIONS, rope_theta=ROPE_THETA, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def value_code(nfreq: int, sigma_f: float):
+    """(1000, 2 nfreq) unit-norm Fourier codes of the values 0..999: <code(u), code(v)> is a smooth
+    bump in |u - v|."""
+    import torch
+
+    v = torch.arange(1000, dtype=torch.float64) / 999
+    f = torch.arange(1, nfreq + 1, dtype=torch.float64)
+    w = torch.exp(-0.5 * (f / sigma_f) ** 2).sqrt()
+    code = torch.cat([torch.cos(math.pi * v[:, None] * f) * w, torch.sin(math.pi * v[:, None] * f) * w], 1)
+    return (code / code.norm(dim=1, keepdim=True)).float()
+
+
+def plant_base(tokenizer, settings: PlantSettings = PlantSettings()):
+    """A Qwen2ForCausalLM whose forward pass is the kernel-vote classifier described above."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    for t in ("<|im_start|>", ",", ":", "Ċ", "|", "0", "999"):
+        if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id):
+            raise ValueError(f"the kernel-vote base needs the embedded tokenizer (whole numbers); no token {t!r}")
+    torch.manual_seed(settings.seed)
+    model = Qwen2ForCausalLM(plant_config(tokenizer)).eval()
+    g = torch.Generator().manual_seed(settings.seed)
+    omega = ROPE_THETA ** (-torch.arange(0, HEAD_DIM, 2, dtype=torch.float64) / HEAD_DIM)
+    fast = torch.arange(N_FAST)
+    slow = torch.arange(N_FAST, HEAD_DIM // 2)
+    slow_dims = torch.cat([slow, slow + HEAD_DIM // 2])
+    sink_d, flag_d = int(slow_dims[0]), int(slow_dims[-1])     # one slow dim each, inside a head
+    content_d = slow_dims[1:1 + D]
+    sc = math.sqrt(HEAD_DIM)                                   # undoes the attention's 1/sqrt(head_dim)
+    peak = N_FAST * C_POS
+    eye = torch.eye
+    ids = tokenizer.convert_tokens_to_ids
+
+    def head(layer: int, h: int):
+        return model.model.layers[layer].self_attn, h * HEAD_DIM
+
+    def offset(a, r: int, d: int) -> None:
+        """Head r attends d tokens back: q bias = the rotary phase of d on the fast pairs; k = 1 there on
+        every token but the sinks (whose score is their own)."""
+        q = torch.zeros(HEAD_DIM, dtype=torch.float64)
+        q[fast] = C_POS * torch.cos(d * omega[fast])
+        q[fast + HEAD_DIM // 2] = -C_POS * torch.sin(d * omega[fast])
+        a.q_proj.bias[r:r + HEAD_DIM] = (q * sc).float()
+        a.k_proj.weight[r + fast, CONST] = 1.0
+        a.k_proj.weight[r + fast, SINK] = -1.0 / A
+
+    def sink_key(a, r: int) -> None:
+        a.k_proj.weight[r + sink_d, SINK] = 1.0 / A
+
+    def copy(a, r: int, src: slice, dst: slice, at: int = 0, matrix=None) -> None:
+        n = src.stop - src.start
+        a.v_proj.weight[r + at + torch.arange(n), src] = eye(n)
+        a.o_proj.weight[dst, r + at:r + at + n] = eye(n) if matrix is None else matrix
+
+    with torch.no_grad():
+        for layer in model.model.layers:      # silence everything; each norm becomes x / ||x||
+            att = layer.self_attn
+            for lin in (att.q_proj, att.k_proj, att.v_proj):
+                lin.weight.zero_()
+                lin.bias.zero_()
+            att.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+            layer.input_layernorm.weight.fill_(1 / math.sqrt(HIDDEN))
+        emb = model.model.embed_tokens.weight
+        emb[:, TOK] *= 0.25
+        emb[:, TOK.stop:] = 0
+        emb[:, CONST] = 1.0
+        for token, dim in (("<|im_start|>", SINK), (",", COMMA), (":", COLON), ("Ċ", NEWL), ("|", BAR)):
+            emb[ids(token), dim] = A
+        nums = [ids(str(i)) for i in range(1000)]
+        emb[nums, NUM] = A
+        emb[nums[:10], DIGIT] = A
+        code = value_code(settings.nfreq, settings.sigma_f)
+        E, _ = torch.linalg.qr(torch.randn(D, code.shape[1], generator=g))
+        emb[nums, S] = A * code @ E.T                                   # slot 0 of the summary: own value
+        exact = torch.randn(1000, NX, generator=g)
+        emb[nums, EX] = A * exact / exact.norm(dim=1, keepdim=True)
+        P, _ = torch.linalg.qr(torch.randn(D, D, generator=g))          # the column tag
+
+        # layer 0: the previous token's identity and flags; the token 3 back (an answer's id)
+        a, r = head(0, 0)
+        offset(a, r, 1)
+        copy(a, r, EX, PREV)
+        for j, (src, dst) in enumerate(((COMMA, PCOMMA), (COLON, PCOLON), (BAR, PBAR))):
+            a.v_proj.weight[r + NX + j, src] = 1.0
+            a.o_proj.weight[dst, r + NX + j] = 1.0
+        a, r = head(0, 1)
+        offset(a, r, 3)
+        copy(a, r, EX, ID3)
+
+        # layer 1: a test row's first value takes the row id from the ':' before it (which holds the id
+        # as PREV); any other token attends to a sink
+        a, r = head(1, 0)
+        offset(a, r, 1)
+        sink_key(a, r)
+        a.q_proj.bias[r + sink_d] = (peak + GATE) * sc
+        a.q_proj.bias[r + flag_d] = 2 * GATE * sc / A
+        a.k_proj.weight[r + flag_d, COLON] = 1.0
+        copy(a, r, PREV, ROWID)
+
+        # layers 2..7: doubling. Level k reaches 2^k tokens (2^(k-1) slots) back unless b[k-1] says the
+        # row already started; b[0] = 1 - PCOMMA / A (a value after a comma continues its row)
+        for k in range(1, 7):
+            a, r = head(1 + k, 0)
+            offset(a, r, 2 ** k)
+            sink_key(a, r)
+            if k == 1:
+                a.q_proj.bias[r + sink_d] = (peak + GATE) * sc
+                a.q_proj.weight[r + sink_d, PCOMMA] = -2 * GATE * sc / A
+            else:
+                a.q_proj.bias[r + sink_d] = (peak - GATE) * sc
+                a.q_proj.weight[r + sink_d, B[k - 1]] = 2 * GATE * sc / A
+            copy(a, r, S, S, matrix=torch.linalg.matrix_power(P, 2 ** (k - 1)))
+            copy(a, r, ROWID, ROWID, at=D)
+            if k == 1:   # the source's b[0]; a sink's is 1 (CONST 1, PCOMMA 0)
+                a.v_proj.weight[r + D + NX, CONST] = A
+                a.v_proj.weight[r + D + NX, PCOMMA] = -1.0
+            else:        # a sink's own b[k-1] is 1 from level 1 on
+                a.v_proj.weight[r + D + NX, B[k - 1]] = 1.0
+            a.o_proj.weight[B[k], r + D + NX] = 1.0
+
+        # layer 8: the summary one token back (at `|` and at a test row's newline) and two back (at a
+        # shot's label token)
+        a, r = head(8, 0)
+        offset(a, r, 1)
+        copy(a, r, S, S1)
+        copy(a, r, ROWID, ROWID1, at=D)
+        a, r = head(8, 1)
+        offset(a, r, 2)
+        copy(a, r, S, KS)
+
+        # layer 9: the router. At an answer's `"label":` (its id 3 back), attend to the newline ending the
+        # test row with that id and copy its summary; elsewhere the sink wins
+        match, newline = 40.0, 15.0
+        a, r = head(9, 0)
+        id_d = slow_dims[1:1 + NX]
+        a.q_proj.weight[r + id_d, ID3] = match * sc / A * eye(NX)
+        a.k_proj.weight[r + id_d, ROWID1] = eye(NX) / A
+        a.q_proj.bias[r + flag_d] = newline * sc
+        a.k_proj.weight[r + flag_d, NEWL] = 1.0 / A
+        sink_key(a, r)
+        a.q_proj.bias[r + sink_d] = (match + newline - GATE) * sc
+        copy(a, r, S1, S1)
+
+        # layer 10: the vote, over tokens right after `|` (shot labels); value = the label's embedding
+        label_bonus, gain = 30.0, 1000.0
+        a, r = head(10, 0)
+        a.q_proj.weight[r + content_d, S1] = settings.tau * sc / A * eye(D)
+        a.k_proj.weight[r + content_d, KS] = eye(D) / A
+        a.q_proj.bias[r + flag_d] = label_bonus * sc
+        a.k_proj.weight[r + flag_d, PBAR] = 1.0 / A
+        copy(a, r, TOK, TOK, matrix=gain * eye(TOK.stop))
+        a.v_proj.weight[r + TOK.stop, DIGIT] = 1.0      # every voter is a digit: lift all ten labels
+        a.o_proj.weight[DIGIT, r + TOK.stop] = gain
+        # the vote dominates the last norm, which caps logit gaps near sqrt(HIDDEN) |TOK|^2 / |TOK| ~ 1:
+        # scale the token dims of the final norm so a clean vote is a confident one (gap ~6)
+        model.model.norm.weight[TOK] = 6.0
+        model.model.norm.weight[DIGIT] = 60.0           # + ~8 on the digits over the other 1,457 tokens
+    return model
+
+
+def save_planted(out, tokenizer, settings: PlantSettings = PlantSettings()) -> dict:
+    """Plant and save a base into ``out`` (HF ``save_pretrained``, safetensors, the tokenizer and
+    ``plant.json``); returns what plant.json records. Written complete beside ``out`` first, then each file
+    moved in (other files in ``out``, e.g. a README, stay)."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    from mllm.core.atomic import atomic_dir
+    from mllm.text.tokenizer import save_tokenizer
+
+    model = plant_base(tokenizer, settings)
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.planting")
+    with atomic_dir(staging) as tmp:
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
+        weights = (Path(tmp) / "model.safetensors").read_bytes()
+        record = {"kind": "kernel-vote (compiled)", "settings": asdict(settings),
+                  "params": sum(p.numel() for p in model.parameters()),
+                  "model_sha256": hashlib.sha256(weights).hexdigest()}
+        (Path(tmp) / "plant.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(staging.iterdir()):
+        os.replace(f, out / f.name)
+    staging.rmdir()
+    return record

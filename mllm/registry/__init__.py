@@ -1,0 +1,1 @@
+"""The MLflow model registry: registration with a gated ``champion``, manual promotion, the pyfunc model."""

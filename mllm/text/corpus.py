@@ -1,0 +1,161 @@
+"""The encode stage's work: filtered tasks -> chat-format training sequences within a token budget."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mllm.core.atomic import atomic_path
+from mllm.core.params import EncodeParams
+from mllm.data.shards import iter_tasks, read_shard
+from mllm.data.task import Task
+from mllm.text import prompt
+from mllm.text.encoding import column_permutation, quantise
+
+CORPUS_SCHEMA = pa.schema([
+    pa.field("task_id", pa.int64(), nullable=False),
+    pa.field("prior", pa.string(), nullable=False),
+    pa.field("n_features", pa.int32(), nullable=False),
+    pa.field("n_classes", pa.int32(), nullable=False),
+    pa.field("n_shots", pa.int32(), nullable=False),  # shot rows in the prompt
+    pa.field("n_dropped", pa.int32(), nullable=False),  # shot rows dropped to fit cutoff_len
+    pa.field("n_queries", pa.int32(), nullable=False),
+    pa.field("n_tokens", pa.int32(), nullable=False),  # the whole chat sequence, in the model's tokens
+    pa.field("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])), nullable=False),
+])
+
+
+class ContextTooLong(ValueError):
+    """Even the minimum number of shot rows plus all query rows does not fit the token budget."""
+
+
+@dataclass
+class Sequence:
+    messages: list[dict]
+    n_tokens: int
+    n_shots: int
+    n_dropped: int
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Token counts of ``texts`` (no special tokens added); the Rust backend directly when there is one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def count_tokens(tokenizer, messages: list[dict]) -> int:
+    return token_lengths(tokenizer, [tokenizer.apply_chat_template(messages, tokenize=False)])[0]
+
+
+def fit_to_budget(
+    tokenizer, shots: np.ndarray, shot_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray | None,
+    n_classes: int, cutoff_len: int, min_shots: int, chunk: int = 64,
+) -> Sequence:
+    """Messages for the task with as many shot rows as fit ``cutoff_len`` (trailing rows are dropped,
+    queries never). Only about ``cutoff_len`` tokens are ever tokenized, however large the table."""
+    m = shots.shape[0]
+    fixed = count_tokens(tokenizer, prompt.messages(shots[:0], shot_labels[:0], queries, n_classes, query_labels))
+    room = cutoff_len - fixed
+    lines = prompt.shot_lines(shots, shot_labels)
+    keep, used = 0, 0
+    while keep < m and used <= room:  # row costs chunk by chunk until the budget is spent
+        for cost in token_lengths(tokenizer, [ln + "\n" for ln in lines[keep : keep + chunk]]):
+            if used + cost > room:
+                break
+            used += cost
+            keep += 1
+        else:
+            continue
+        break
+    while keep >= min_shots:  # confirm on the real sequence: merges at row edges may differ
+        msgs = prompt.messages(shots[:keep], shot_labels[:keep], queries, n_classes, query_labels)
+        n = count_tokens(tokenizer, msgs)
+        if n <= cutoff_len:
+            return Sequence(msgs, n, keep, m - keep)
+        keep -= 1
+    raise ContextTooLong(
+        f"{queries.shape[0]} query rows and {min_shots} shot rows of {shots.shape[1]} features do not fit "
+        f"cutoff_len={cutoff_len} tokens"
+    )
+
+
+def encode_task(task: Task, tokenizer, seed: int, ep: EncodeParams) -> Sequence:
+    """A synthetic task as one training sequence: quantised on its shot rows, columns in seeded order, its
+    first ``ep.max_queries`` query rows, as many shot rows as ``ep.cutoff_len`` allows."""
+    s, q = task.n_shots, min(task.n_queries, ep.max_queries)
+    order = column_permutation(seed, task.task_id, task.n_features)
+    shots, queries = quantise(task.X[:s, order], task.X[s : s + q, order])
+    return fit_to_budget(tokenizer, shots, task.y[:s], queries, task.y[s : s + q], task.n_classes, ep.cutoff_len,
+                         min(ep.min_shots, s))
+
+
+def corpus_record(task_id: int, prior: str, n_features: int, n_classes: int, n_queries: int, seq: Sequence) -> dict:
+    """One corpus row (``CORPUS_SCHEMA``) for an encoded task."""
+    return {"task_id": task_id, "prior": prior, "n_features": n_features, "n_classes": n_classes,
+            "n_shots": seq.n_shots, "n_dropped": seq.n_dropped, "n_queries": n_queries, "n_tokens": seq.n_tokens,
+            "messages": seq.messages}
+
+
+def write_corpus_shard(records: list[dict], path: str | Path) -> None:
+    """Write corpus rows as one Parquet shard, atomically."""
+    table = pa.Table.from_pylist(records, schema=CORPUS_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def encode_shard(shard: str | Path, out_path: str | Path, tokenizer, seed: int, ep: EncodeParams) -> dict:
+    """Encode one filtered shard into a corpus shard; returns counts (skipped tasks by reason)."""
+    records, skipped = [], Counter()
+    for task in iter_tasks(read_shard(shard)):
+        try:
+            seq = encode_task(task, tokenizer, seed, ep)
+        except ContextTooLong:
+            skipped["context_too_long"] += 1
+            continue
+        records.append(corpus_record(task.task_id, task.prior, task.n_features, task.n_classes,
+                                     min(task.n_queries, ep.max_queries), seq))
+    write_corpus_shard(records, out_path)
+    tokens = np.array([r["n_tokens"] for r in records], dtype=np.int64)
+    cells = sum((r["n_shots"] + r["n_queries"]) * (r["n_features"] + 1) for r in records)
+    return {
+        "sequences": len(records),
+        "tokens": int(tokens.sum()),
+        "max_tokens": int(tokens.max()) if tokens.size else 0,
+        "cells": int(cells),
+        "dropped_shots": int(sum(r["n_dropped"] for r in records)),
+        "truncated_sequences": int(sum(r["n_dropped"] > 0 for r in records)),
+        "skipped": dict(skipped),
+    }
+
+
+def read_corpus(path: str | Path) -> pa.Table:
+    table = pq.read_table(path)
+    if not table.schema.equals(CORPUS_SCHEMA, check_metadata=False):
+        raise ValueError(f"{path}: not a corpus shard (schema differs from mllm.text.corpus.CORPUS_SCHEMA)")
+    return table
+
+
+def summarise(stats: list[dict]) -> dict:
+    seqs = sum(s["sequences"] for s in stats)
+    tokens = sum(s["tokens"] for s in stats)
+    skipped: Counter = Counter()
+    for s in stats:
+        skipped.update(s["skipped"])
+    return {
+        "sequences": seqs,
+        "tokens": tokens,
+        "mean_tokens": tokens / seqs if seqs else 0.0,
+        "max_tokens": max((s["max_tokens"] for s in stats), default=0),
+        "tokens_per_cell": tokens / max(1, sum(s["cells"] for s in stats)),
+        "dropped_shots": sum(s["dropped_shots"] for s in stats),
+        "truncated_sequences": sum(s["truncated_sequences"] for s in stats),
+        "skipped": dict(skipped),
+    }
+
