@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 from flows.runners import api_shared_with_subprocesses
 from mllm.core.errors import StageFailed
 
-STAGES = ("generate", "filter", "tokenizer", "encode", "train", "evaluate", "register")
+STAGES = ("generate", "filter", "tokenizer", "plant", "encode", "train", "evaluate", "register")  # dvc.yaml's
 # A rerun resumes training from its last checkpoint and retries a registry write; data stages are
 # deterministic, so retrying them only helps against a transient failure (a killed worker).
 RETRIES = {"train": 2, "register": 2}

@@ -314,23 +314,23 @@ def serve(
 
 @app.command("plant-base")
 def plant_base(
+    params: ParamsOpt = "params.yaml",
     out: Annotated[str, typer.Option(help="output model directory")] = "models/tiny-base",
-    tau: Annotated[float, typer.Option(help="kernel sharpness per unit of summed value similarity")] = 1.5,
-    nfreq: Annotated[int, typer.Option(help="frequencies of the value code")] = 8,
-    sigma_f: Annotated[float, typer.Option(help="Gaussian taper of the value code's frequencies")] = 3.0,
-    seed: Annotated[int, typer.Option(help="seed of the random codes and rotations")] = 42,
+    check: Annotated[str | None, typer.Option(help="fail unless this committed base has the same weights")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Compile the embedded base: a kernel-vote in-context classifier written into Qwen2 weights
-    (mllm/model/plant.py), with the embedded tokenizer. Deterministic: the same options give the same bytes."""
-    from mllm.model.plant import PlantSettings, save_planted
-    from mllm.text.tokenizer import build_tokenizer
+    (mllm/model/plant.py, settings from params.yaml `plant`), with the embedded tokenizer. Deterministic: the
+    same settings give the same bytes."""
 
-    try:
-        settings = PlantSettings(tau=tau, nfreq=nfreq, sigma_f=sigma_f, seed=seed)
-    except ValueError as err:
-        _fail(str(err), 2)
-    rec = save_planted(out, build_tokenizer("whole"), settings)
-    typer.echo(f"planted kernel-vote base ({rec['params'] / 1e6:.1f}M params, sha256 {rec['model_sha256'][:12]}) -> {out}")
+    def start(overrides):
+        from flows.plant import run_plant
+
+        return run_plant(params, out, check, overrides)
+
+    rec = _run(params, set_, start)
+    typer.echo(f"planted kernel-vote base ({rec['params'] / 1e6:.1f}M params, sha256 {rec['model_sha256'][:12]}) -> {out}"
+               + (f"; same weights as {check}" if check else ""))
 
 
 def main() -> None:  # pragma: no cover

@@ -7,15 +7,20 @@ import numpy as np
 import pytest
 
 from mllm import MLLMClassifier
+from mllm.core.errors import StageFailed
+from mllm.core.params import ParamsError
 from mllm.model.loading import TINY_BASE_DIR
-from mllm.model.plant import MAX_COLUMNS, PlantSettings, save_planted
+from mllm.model.plant import save_planted
 from mllm.text.tokenizer import build_tokenizer
+from tests.conftest import ROOT, section
+
+SETTINGS = section("plant")  # params.yaml's: the settings the committed base is built with
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     out = tmp_path_factory.mktemp("plant") / "base"
-    return out, save_planted(out, build_tokenizer("whole"))
+    return out, save_planted(out, build_tokenizer("whole"), SETTINGS)
 
 
 def _task(n_features, n_shots, n_test, seed):
@@ -27,9 +32,9 @@ def _task(n_features, n_shots, n_test, seed):
 
 def test_same_settings_same_bytes(planted, tmp_path):
     _, record = planted
-    again = save_planted(tmp_path / "again", build_tokenizer("whole"))
+    again = save_planted(tmp_path / "again", build_tokenizer("whole"), SETTINGS)
     assert again["model_sha256"] == record["model_sha256"]
-    other = save_planted(tmp_path / "other", build_tokenizer("whole"), PlantSettings(seed=7))
+    other = save_planted(tmp_path / "other", build_tokenizer("whole"), section("plant", seed=7))
     assert other["model_sha256"] != record["model_sha256"]
 
 
@@ -53,17 +58,21 @@ def test_a_column_shuffle_breaks_it(planted):
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="positive"):
-        PlantSettings(tau=0)
+    with pytest.raises(ParamsError, match="plant.tau"):
+        section("plant", tau=0)
     with pytest.raises(ValueError, match="whole numbers"):
-        save_planted("/nonexistent/never", build_tokenizer("digits"))
-    assert MAX_COLUMNS == 64
+        save_planted("/nonexistent/never", build_tokenizer("digits"), SETTINGS)
 
 
-@pytest.mark.skipif(not (TINY_BASE_DIR / "plant.json").is_file(), reason="the committed base is not compiled")
-def test_committed_base_is_the_compiled_one(tmp_path):
+def test_committed_base_is_the_one_params_yaml_builds(tmp_path):
+    from flows.plant import run_plant
+
     record = json.loads((TINY_BASE_DIR / "plant.json").read_text())
     weights = (TINY_BASE_DIR / "model.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == record["model_sha256"]
-    fresh = save_planted(tmp_path / "fresh", build_tokenizer("whole"), PlantSettings(**record["settings"]))
+    assert record["settings"] == SETTINGS.model_dump()
+    fresh = run_plant(str(ROOT / "params.yaml"), str(tmp_path / "fresh"), check=str(TINY_BASE_DIR))
     assert fresh["model_sha256"] == record["model_sha256"]
+    with pytest.raises(StageFailed, match="differs from the committed"):  # other settings: the check fails
+        run_plant(str(ROOT / "params.yaml"), str(tmp_path / "other"), check=str(TINY_BASE_DIR),
+                  overrides={"plant": {"tau": 2.0}})

@@ -127,6 +127,18 @@ class EncodeParams(_Strict):
     n_workers: int = Field(ge=1)
 
 
+class PlantParams(_Strict):
+    """The compiled embedded base (``mllm plant-base``, models/tiny-base). tau = kernel sharpness per unit of
+    summed code similarity (one unit = one identical value); the value code has ``nfreq`` frequencies under a
+    Gaussian taper of width ``sigma_f`` (a per-feature kernel about 999 / (pi sigma_f) values wide); ``seed``
+    draws its random codes and rotations (its own, so the pipeline seed does not change the base)."""
+
+    tau: float = Field(gt=0.0)
+    nfreq: int = Field(ge=1)
+    sigma_f: float = Field(gt=0.0)
+    seed: int = Field(ge=0)
+
+
 class TinyModelParams(_Strict):
     """Shape of the embedded tiny model (a Qwen2-architecture causal LM), used when training from scratch."""
 
@@ -257,6 +269,7 @@ class Params(_Strict):
     generate: GenerateParams
     filter: FilterParams
     tokenizer: TokenizerParams
+    plant: PlantParams
     encode: EncodeParams
     model: ModelParams
     train: TrainParams

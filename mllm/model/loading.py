@@ -11,7 +11,7 @@ from pathlib import Path
 from mllm.core.errors import InputError
 from mllm.core.params import ModelParams
 
-TINY_BASE_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
+TINY_BASE_DIR = Path(__file__).resolve().parents[2] / "models" / "tiny-base"
 
 
 class ModelError(InputError):

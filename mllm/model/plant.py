@@ -1,7 +1,7 @@
 """The embedded base, compiled: a kernel-vote in-context classifier written into the weights of a Qwen2 LM.
 
 Training from scratch on this CPU never found the lookup that in-context classification needs (the model
-learns the shots' class frequencies and stops; models/tiny-base/README.md). So the base is compiled: its
+learns the shots' class frequencies and stops; research/README.md). So the base is compiled: its
 attention heads compute, in the forward pass, a kernel smoother over the prompt's shot rows, for any number
 of features up to 64, in the exact prompt format of ``mllm.text.prompt``; continued pretraining (LoRA by default)
 then starts from a model that already classifies in context.
@@ -30,8 +30,10 @@ layer's RMS norm is a near-constant scale and the arithmetic stays linear.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
+from mllm.core.params import PlantParams
+
+PLANT_RECORD = "plant.json"  # beside the weights: the settings and the weights' sha256
 HIDDEN, HEAD_DIM, HEADS, LAYERS, INTERMEDIATE, MAX_POSITIONS = 512, 128, 2, 11, 128, 2048
 ROPE_THETA = 1e30
 N_FAST = 10                       # rotary pairs for offsets; pairs 10.. turn < 0.05 rad over 2,048 tokens
@@ -54,22 +56,6 @@ S1 = slice(S.stop, S.stop + D)    # the summary of the row to classify
 ROWID1 = slice(S1.stop, S1.stop + NX)
 KS = slice(ROWID1.stop, ROWID1.stop + D)   # the summary of the row a shot label ends
 assert KS.stop <= HIDDEN
-
-
-@dataclass(frozen=True)
-class PlantSettings:
-    """The kernel: tau = sharpness per unit of summed code similarity (one unit = one identical value);
-    the value code has ``nfreq`` frequencies under a Gaussian taper of width ``sigma_f`` (a per-feature
-    kernel about 999 / (pi sigma_f) values, i.e. ~0.9 standard deviations of the z-scored column, wide)."""
-
-    tau: float = 1.5
-    nfreq: int = 8
-    sigma_f: float = 3.0
-    seed: int = 42
-
-    def __post_init__(self):
-        if not (self.tau > 0 and self.nfreq >= 1 and self.sigma_f > 0):
-            raise ValueError(f"plant settings must be positive: {asdict(self)}")
 
 
 def plant_config(tokenizer):
@@ -95,7 +81,7 @@ def value_code(nfreq: int, sigma_f: float):
     return (code / code.norm(dim=1, keepdim=True)).float()
 
 
-def plant_base(tokenizer, settings: PlantSettings = PlantSettings()):
+def plant_base(tokenizer, settings: PlantParams):
     """A Qwen2ForCausalLM whose forward pass is the kernel-vote classifier described above."""
     import torch
     from transformers import Qwen2ForCausalLM
@@ -245,7 +231,7 @@ def plant_base(tokenizer, settings: PlantSettings = PlantSettings()):
     return model
 
 
-def save_planted(out, tokenizer, settings: PlantSettings = PlantSettings()) -> dict:
+def save_planted(out, tokenizer, settings: PlantParams) -> dict:
     """Plant and save a base into ``out`` (HF ``save_pretrained``, safetensors, the tokenizer and
     ``plant.json``); returns what plant.json records. Written complete beside ``out`` first, then each file
     moved in (other files in ``out``, e.g. a README, stay)."""
@@ -264,10 +250,10 @@ def save_planted(out, tokenizer, settings: PlantSettings = PlantSettings()) -> d
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
         weights = (Path(tmp) / "model.safetensors").read_bytes()
-        record = {"kind": "kernel-vote (compiled)", "settings": asdict(settings),
+        record = {"kind": "kernel-vote (compiled)", "settings": settings.model_dump(),
                   "params": sum(p.numel() for p in model.parameters()),
                   "model_sha256": hashlib.sha256(weights).hexdigest()}
-        (Path(tmp) / "plant.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        (Path(tmp) / PLANT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     for f in sorted(staging.iterdir()):
         os.replace(f, out / f.name)
