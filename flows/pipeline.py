@@ -23,6 +23,7 @@ STAGES = ("generate", "filter", "tokenizer", "plant", "encode", "train", "evalua
 # A rerun resumes training from its last checkpoint and retries a registry write; data stages are
 # deterministic, so retrying them only helps against a transient failure (a killed worker).
 RETRIES = {"train": 2, "register": 2}
+LOCK = Path(".dvc") / "tmp" / "mllm-pipeline.lock"  # in the checkout: one pipeline at a time there
 
 
 class PipelineFailed(StageFailed):
@@ -32,7 +33,7 @@ class PipelineFailed(StageFailed):
 @contextlib.contextmanager
 def pipeline_lock(repo: Path) -> Iterator[None]:
     """One pipeline at a time per checkout: a second run waits here, then finds its stages up to date."""
-    path = repo / ".dvc" / "tmp" / "mllm-pipeline.lock"
+    path = repo / LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

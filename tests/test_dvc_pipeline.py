@@ -10,8 +10,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mllm", "flows",
-                 "models/tiny-base/model.safetensors", "models/tiny-base/config.json"]  # train's deps
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mllm", "flows", "models/tiny-base"]
 
 
 def _copy_project(dst):
@@ -69,7 +68,8 @@ def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
     assert enc["full"]["max_tokens"] <= 1024
     assert (tmp_path / "data/tokenizer/tokenizer.json").is_file()
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"generate", "filter", "tokenizer", "encode", "train", "evaluate", "register"}
+    assert set(lock["stages"]) == {"generate", "filter", "tokenizer", "plant", "encode", "train", "evaluate", "register"}
+    assert (tmp_path / "data/base/model.safetensors").read_bytes() == (ROOT / "models/tiny-base/model.safetensors").read_bytes()
     summary = json.loads((tmp_path / "data/train/train_summary.json").read_text())
     assert summary["complete"] and summary["steps_this_run"] == 4
     assert (tmp_path / "data/train/model/model.safetensors").is_file()
@@ -98,8 +98,13 @@ def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
     assert mv.tags["mllm.decision"] == ("promoted" if reg["promoted"] else "not promoted")
     promoted = reg["mean_accuracy"] > reg["majority_accuracy"]
     assert reg["promoted"] == promoted
-    if promoted:
+    if promoted:  # a first version that beats the majority class becomes champion ...
         assert str(client.get_model_version_by_alias("mllm", "champion").version) == "1"
+        assert reg["champion_version"] == "1" and reg["reason"].startswith("first champion")
+    else:  # ... and one that does not leaves the registry without one
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            client.get_model_version_by_alias("mllm", "champion")
+        assert reg["champion_version"] is None and "does not beat the majority class" in reg["reason"]
 
     assert "didn't change" in _run(["dvc", "repro"], tmp_path, venv_env).stdout
 

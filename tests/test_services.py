@@ -2,7 +2,6 @@
 
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 
@@ -61,21 +60,24 @@ def test_logs_and_registers_through_an_mlflow_server(tmp_path, monkeypatch, venv
 
 
 def test_one_pipeline_at_a_time(tmp_path):
-    from flows.pipeline import pipeline_lock
+    import fcntl
 
-    order = []
+    from flows.pipeline import LOCK, pipeline_lock
 
-    def second():
-        with pipeline_lock(tmp_path):
-            order.append("second")
+    def free() -> bool:  # what a second pipeline would find: another open of the lock file
+        with (tmp_path / LOCK).open("w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return True
 
     with pipeline_lock(tmp_path):
-        t = threading.Thread(target=second)
-        t.start()
-        time.sleep(0.5)
-        order.append("first done")
-    t.join(timeout=10)
-    assert order == ["first done", "second"]
+        assert not free()
+    assert free()
+    with pipeline_lock(tmp_path):  # released: the next pipeline takes it
+        assert not free()
 
 
 def test_serve_rejects_a_bad_cron(tmp_path):

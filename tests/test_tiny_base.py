@@ -29,6 +29,7 @@ def test_base_loads_and_rejects_a_foreign_tokenizer():
         load_base(mp, build_tokenizer("digits"), seed=0)
 
 
+@pytest.mark.slow
 def test_continue_pretraining_the_base_with_lora(tmp_path):
     tok_dir, corpus = make_corpus(tmp_path)
     params = parse_params(raw_params(model={"base": "tiny", "adapter": "lora"}))

@@ -101,6 +101,7 @@ def test_lora_on_a_local_hf_model(tmp_path, data, tok):
     assert any("lora_B" in n for n, _ in reloaded.named_parameters())
 
 
+@pytest.mark.slow
 def test_lora_training_gives_the_same_bytes_in_any_process(tmp_path, data, tok, venv_env):
     """Same params, two processes with different hash seeds: byte-identical adapter directories (peft
     writes 'all-linear' from a set, whose order follows the hash seed)."""
