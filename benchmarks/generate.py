@@ -20,12 +20,13 @@ from _common import ROOT, machine, pinned
 
 
 def _ours_params(num_tasks: int, shots: tuple[int, int] = (974, 974), queries: int = 50):
-    from mllm.core.params import GenerateParams
+    from mllm.core.params import GenerateParams, load_params
 
-    return GenerateParams(
-        num_tasks=num_tasks, shard_size=num_tasks, prior="mix", features={"min": 5, "max": 50},
-        classes={"min": 2, "max": 10}, shots={"min": shots[0], "max": shots[1]}, queries=queries,
-    )
+    # params.yaml's generator, with the settings both generators share here pinned
+    return GenerateParams.model_validate({
+        **load_params(ROOT / "params.yaml").generate.model_dump(), "num_tasks": num_tasks, "shard_size": num_tasks,
+        "prior": "mix", "features": {"min": 5, "max": 50}, "classes": {"min": 2, "max": 10},
+        "shots": {"min": shots[0], "max": shots[1]}, "queries": queries})
 
 
 # ---- measurements, each run in its own pinned subprocess ------------------------------------------

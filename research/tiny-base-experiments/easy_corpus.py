@@ -1,7 +1,7 @@
 """Trivially easy tasks straight into a corpus: d in [dmin,dmax], K=2..kmax, clean rules (a quantile cut of a
 random projection, or the nearest of K random centres), no teacher filter.
 
-    python models/tiny-base/experiments/easy_corpus.py OUT N DMIN DMAX KMAX SMIN SMAX SEED [REPEAT_SHARE]
+    python research/tiny-base-experiments/easy_corpus.py OUT N DMIN DMAX KMAX SMIN SMAX SEED [REPEAT_SHARE]
 """
 import sys
 from pathlib import Path

@@ -1,7 +1,7 @@
 """A planted model vs tiny-base v1 vs kNN on scikit-learn tables reduced to their most informative column
 (mutual information on each split's training part), through the user-facing MLLMClassifier.
 
-    python models/tiny-base/experiments/one_column_tables.py PLANTED_MODEL_DIR
+    python research/tiny-base-experiments/one_column_tables.py PLANTED_MODEL_DIR
 """
 import sys
 import warnings

@@ -3,7 +3,7 @@ layer 0 heads read the token 1 and 2 back (q/k biases + RoPE phase) into reserve
 matches "token 1 back" at the query against "token 2 back" at earlier positions in near-position-invariant
 (low-frequency) rotary pairs and copies the matched position's own token. Everything else silenced.
 
-    python models/tiny-base/experiments/plant.py PARAMS OUT ROPE_THETA BETA GAMMA C [VALUE_CODE]
+    python research/tiny-base-experiments/plant.py PARAMS OUT ROPE_THETA BETA GAMMA C [VALUE_CODE]
     (recall: 1e6 5 3 25; fuzzy: 1e6 BETA 3 25 1)
 
 VALUE_CODE=1 makes the match fuzzy: the number tokens 0..999 carry a smooth Fourier code of their value and

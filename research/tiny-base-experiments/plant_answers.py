@@ -7,7 +7,7 @@ answer's id i; the key is "2 back is i and 1 back is `:`", i.e. the value after 
 value's code. Layer 2: head 0 votes labels by fuzzy match of the routed value. rope_theta 1e8 leaves 16
 slow rotary pairs per head for content matching.
 
-    python models/tiny-base/experiments/plant_answers.py PARAMS OUT
+    python research/tiny-base-experiments/plant_answers.py PARAMS OUT
 """
 import math
 import sys

@@ -1,7 +1,7 @@
 """Scratch tiny model whose layer-0 heads attend to fixed offsets (q/k biases + RoPE phase): previous-token
 style heads that induction circuits need. offsets: comma list, one per query head of layer 0.
 
-    python models/tiny-base/experiments/posinit.py PARAMS OUT 1,2 25
+    python research/tiny-base-experiments/posinit.py PARAMS OUT 1,2 25
 """
 import math
 import sys

@@ -2,7 +2,7 @@
 in the shots (bursty), queries drawn from rows already seen. Only copying a seen row's label beats chance,
 so the loss pushes straight toward the lookup circuit (induction), with nothing to gain from class priors.
 
-    python models/tiny-base/experiments/recall_corpus.py OUT N_TASKS DMIN DMAX UMIN UMAX SMIN SMAX SEED [NOISE]
+    python research/tiny-base-experiments/recall_corpus.py OUT N_TASKS DMIN DMAX UMIN UMAX SMIN SMAX SEED [NOISE]
 
 (run from the repo root after `mllm tokenizer --out data/tokenizer`; U = distinct rows, S = shot rows)"""
 import sys

@@ -1,7 +1,7 @@
 """Recall probe: shot labels of rows already seen earlier in the context (copyable) vs unseen rows, the
 answers' labels, and "the most frequent label so far" on the seen rows (what a class-frequency model gets).
 
-    python models/tiny-base/experiments/recallacc.py MODEL_DIR CORPUS_DIR/full N
+    python research/tiny-base-experiments/recallacc.py MODEL_DIR CORPUS_DIR/full N
 """
 import glob
 import sys
