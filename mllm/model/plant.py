@@ -40,7 +40,6 @@ N_FAST = 10                       # rotary pairs for offsets; pairs 10.. turn < 
 A = 0.01                          # size of a code or a flag in the residual (the constant dimension is 1)
 C_POS = 25.0                      # offset score per fast pair: the target scores 10 x C_POS
 GATE = 12.0                       # softmax margin of every either/or head (nats)
-MAX_COLUMNS = 64                  # slots of the row summary: 2^6 after six doublings
 
 # residual layout
 TOK = slice(0, 64)                # token identity (random, small)

@@ -77,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _start_mlflow(params, out: Path, fresh: bool) -> str:
     """Start (or, after a restart, resume) the train stage's MLflow run; its id is kept in ``out``."""
-    import mlflow
-
     from mllm.core import tracking
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow = tracking.connect()
     run_file = out / RUN_FILE
     prev = json.loads(run_file.read_text()) if run_file.is_file() and not fresh else None
     if prev and not prev.get("finished"):
