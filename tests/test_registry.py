@@ -164,3 +164,26 @@ def test_mlflow_models_serve_answers_requests(tmp_path, store, venv_env):
     preds = answer["predictions"]
     assert len(preds) == 2 and {p["prediction"] for p in preds} <= {"pos", "neg"}
     assert abs(preds[0]["proba_neg"] + preds[0]["proba_pos"] - 1) < 1e-5
+
+
+def test_evaluation_compares_the_champion_by_reference(tmp_path, store):
+    """The evaluate stage's models: the trained dir, the base as params name it, the champion as a pinned
+    registry reference (not a download path), and each of them answers."""
+    from mllm.core.params import parse_params
+    from mllm.evaluation.models import in_context, models_to_evaluate
+    from tests.conftest import params_dict
+
+    params = parse_params(params_dict(model={"base": "tiny"}, evaluate={"max_queries": 5}))
+    a = save_tiny_model(tmp_path / "a", seed=0)
+    refs, version = models_to_evaluate(params, str(a))
+    assert refs == {"trained": str(a), "base": "tiny"} and version is None
+    register(a, _evaluation(0.6))  # a becomes the champion
+    b = save_tiny_model(tmp_path / "b", seed=1)
+    refs, version = models_to_evaluate(params, str(b))
+    assert refs == {"trained": str(b), "base": "tiny", "champion": "models:/mllm/1"} and version == "1"
+    assert models_to_evaluate(params, str(a)) == ({"trained": str(a), "base": "tiny"}, "1")  # a is the champion
+    X = pd.DataFrame({"x": np.arange(12.0), "z": np.arange(12.0) % 3})
+    y = np.arange(12) % 2
+    for ref in refs.values():
+        classes, proba = in_context(ref, params.evaluate, seed=0)(X.iloc[:8], y[:8], X.iloc[8:])
+        assert proba.shape == (4, 2) and list(classes) == [0, 1]

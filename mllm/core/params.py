@@ -22,7 +22,7 @@ Prior = Literal["mlp", "tree", "mix"]
 NumberMode = Literal["whole", "digits"]  # 0..999 one token each (LLaMA-3 style) or digit tokens (Qwen2)
 CorpusName = Literal["full", "warmup"]  # the filter stage's two task sets and the encode stage's two corpora
 SklearnDataset = Literal["iris", "wine", "breast_cancer", "digits"]  # bundled with scikit-learn: load offline
-BaselineName = Literal["random_forest", "knn", "xgboost", "logistic_regression", "majority"]
+BaselineName = Literal["knn", "random_forest", "xgboost", "logistic_regression", "majority"]
 
 FULL, WARMUP = get_args(CorpusName)
 NUMBER_MODES: tuple[str, ...] = get_args(NumberMode)

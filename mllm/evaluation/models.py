@@ -11,29 +11,33 @@ from mllm.model.loading import ModelError, load_trained_with_tokenizer, resolve_
 from mllm.model.references import CHAMPION, alias_version, resolve, weights_digest
 
 
-def in_context(path: str, ep: EvaluateParams, seed: int) -> PredictFn:
-    """The predict function of an in-context model directory, as the evaluation params ask."""
-    pred = Predictor(*load_trained_with_tokenizer(path), max_queries=ep.max_queries,
+def in_context(ref: str, ep: EvaluateParams, seed: int) -> PredictFn:
+    """The predict function of an in-context model (a reference: see ``models_to_evaluate``), as the
+    evaluation params ask."""
+    pred = Predictor(*load_trained_with_tokenizer(resolve(resolve_base(ref))), max_queries=ep.max_queries,
                      n_ensemble=ep.n_ensemble, seed=seed)
     return pred.predict_proba
 
 
 def models_to_evaluate(params: Params, model_dir: str) -> tuple[dict[str, str], str | None]:
-    """name -> model dir: ``trained``, its ``base`` and the registry's ``champion`` (when it exists and is
-    not the same weights); plus the champion's version."""
+    """name -> model reference: ``trained`` (its directory), its ``base`` (as params name it) and the
+    registry's ``champion`` (``models:/<name>/<version>``, when it exists and is not the same weights); plus
+    the champion's version. References, not resolved paths, so what is recorded does not depend on where
+    the checkout lies or where a download landed."""
     ep = params.evaluate
     if not Path(model_dir, "config.json").is_file() and not Path(model_dir, "adapter_config.json").is_file():
         raise ModelError(f"{model_dir} is not a trained model directory (run the train stage first)")
     out = {"trained": model_dir}
     if ep.include_base and params.model.base != "scratch":
-        out["base"] = resolve_base(params.model.base)
+        resolve_base(params.model.base)  # a missing base fails here, before any work
+        out["base"] = params.model.base
     champion_version = None
     if ep.compare_champion:
         mv = alias_version(ep.registered_model, CHAMPION)
         if mv is not None:
-            path = resolve(f"models:/{ep.registered_model}/{mv.version}")
-            if weights_digest(path) != weights_digest(Path(model_dir)):
-                out["champion"] = str(path)
+            ref = f"models:/{ep.registered_model}/{mv.version}"
+            if weights_digest(resolve(ref)) != weights_digest(Path(model_dir)):
+                out["champion"] = ref
                 champion_version = str(mv.version)
             else:  # the trained weights are already the champion: nothing to compare against
                 champion_version = str(mv.version)
