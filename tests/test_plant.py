@@ -38,6 +38,20 @@ def test_same_settings_same_bytes(planted, tmp_path):
     assert other["model_sha256"] != record["model_sha256"]
 
 
+def test_same_bytes_whatever_the_thread_count(planted, tmp_path):
+    """The construction's linear algebra must not depend on how the BLAS splits it (float32 QR did)."""
+    import torch
+
+    _, record = planted
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if before > 1 else 2)
+        again = save_planted(tmp_path / "threads", build_tokenizer("whole"), SETTINGS)
+    finally:
+        torch.set_num_threads(before)
+    assert again["model_sha256"] == record["model_sha256"]
+
+
 @pytest.mark.parametrize("n_features", [3, 12])
 def test_classifies_in_context_untrained(planted, n_features):
     """No training at all: the forward pass is a kernel vote over the shots, column by column."""

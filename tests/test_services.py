@@ -2,6 +2,7 @@
 
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -129,3 +130,16 @@ def test_serve_registers_the_scheduled_pipeline_on_a_prefect_server(tmp_path, ve
     finally:
         stop_process(serve)
         stop_process(server)
+
+
+@pytest.mark.parametrize("env, expected", [({}, 180), ({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "45"}, 45)])
+def test_the_temporary_prefect_server_gets_time_to_start(venv_env, env, expected):
+    """Stage commands give Prefect's temporary API server minutes, not 20 s, to start on a busy machine
+    (one stage failed that way with the test suite beside it); a user's own setting is kept."""
+    venv_env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
+    code = ("import flows.generate; from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s;"
+            " print(s.value())")
+    res = subprocess.run([sys.executable, "-c", code], env={**venv_env, **env}, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == str(expected)

@@ -141,12 +141,14 @@ def plant_base(tokenizer, settings: PlantParams):
         nums = [ids(str(i)) for i in range(1000)]
         emb[nums, NUM] = A
         emb[nums[:10], DIGIT] = A
-        code = value_code(settings.nfreq, settings.sigma_f)
-        E, _ = torch.linalg.qr(torch.randn(D, code.shape[1], generator=g))
-        emb[nums, S] = A * code @ E.T                                   # slot 0 of the summary: own value
+        code = value_code(settings.nfreq, settings.sigma_f).double()
+        # QR and products in float64, cast once on assignment: float32 results would depend on how the
+        # BLAS splits the work (thread count, instruction set), and so would the bytes of the base
+        E, _ = torch.linalg.qr(torch.randn(D, code.shape[1], generator=g).double())
+        emb[nums, S] = (A * code @ E.T).float()                         # slot 0 of the summary: own value
         exact = torch.randn(1000, NX, generator=g)
         emb[nums, EX] = A * exact / exact.norm(dim=1, keepdim=True)
-        P, _ = torch.linalg.qr(torch.randn(D, D, generator=g))          # the column tag
+        P, _ = torch.linalg.qr(torch.randn(D, D, generator=g).double())  # the column tag
 
         # layer 0: the previous token's identity and flags; the token 3 back (an answer's id)
         a, r = head(0, 0)
@@ -181,7 +183,7 @@ def plant_base(tokenizer, settings: PlantParams):
             else:
                 a.q_proj.bias[r + sink_d] = (peak - GATE) * sc
                 a.q_proj.weight[r + sink_d, B[k - 1]] = 2 * GATE * sc / A
-            copy(a, r, S, S, matrix=torch.linalg.matrix_power(P, 2 ** (k - 1)))
+            copy(a, r, S, S, matrix=torch.linalg.matrix_power(P, 2 ** (k - 1)).float())
             copy(a, r, ROWID, ROWID, at=D)
             if k == 1:   # the source's b[0]; a sink's is 1 (CONST 1, PCOMMA 0)
                 a.v_proj.weight[r + D + NX, CONST] = A
