@@ -25,5 +25,5 @@ def run_plant(params_path: str = "params.yaml", out: str = "data/base", check: s
             raise StageFailed(
                 f"the base built from code ({out}, sha256 {record['model_sha256'][:12]}) differs from the "
                 f"committed {check} (sha256 {str(theirs.get('model_sha256'))[:12]}): run "
-                f"`mllm plant-base --out {check}` and commit it")
+                f"`mllm plant --out {check}` and commit it")
     return record

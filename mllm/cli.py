@@ -312,8 +312,8 @@ def serve(
     pipeline_flow.serve(name=pp.deployment, cron=pp.cron, parameters={"repo": str(Path(repo).resolve())})
 
 
-@app.command("plant-base")
-def plant_base(
+@app.command("plant")
+def plant(
     params: ParamsOpt = "params.yaml",
     out: Annotated[str, typer.Option(help="output model directory")] = "models/tiny-base",
     check: Annotated[str | None, typer.Option(help="fail unless this committed base has the same weights")] = None,

@@ -128,7 +128,7 @@ class EncodeParams(_Strict):
 
 
 class PlantParams(_Strict):
-    """The compiled embedded base (``mllm plant-base``, models/tiny-base). tau = kernel sharpness per unit of
+    """The compiled embedded base (``mllm plant``, models/tiny-base). tau = kernel sharpness per unit of
     summed code similarity (one unit = one identical value); the value code has ``nfreq`` frequencies under a
     Gaussian taper of width ``sigma_f`` (a per-feature kernel about 999 / (pi sigma_f) values wide); ``seed``
     draws its random codes and rotations (its own, so the pipeline seed does not change the base)."""
