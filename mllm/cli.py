@@ -14,6 +14,7 @@ import typer
 import yaml
 
 from mllm.inference import DEFAULT_MAX_QUERIES
+from mllm.text.prompt import MAX_QUERIES
 from mllm.model.references import DEFAULT_REF
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach language models to do ML in context.")
@@ -38,10 +39,17 @@ def parse_overrides(items: list[str] | None) -> dict:
         if "=" not in item:
             raise typer.BadParameter(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
+        key = key.strip()
         node = out
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
+        *parents, leaf = key.split(".")
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # -S a=1 -S a.b=2: which one is meant?
+                raise typer.BadParameter(f"--set {key} conflicts with --set {'.'.join(parents[:i + 1])}")
+        if isinstance(node.get(leaf), dict):  # -S a.b=2 -S a=1
+            raise typer.BadParameter(f"--set {key} conflicts with the --set {key}.* before it")
+        if leaf in node:
+            raise typer.BadParameter(f"--set {key} is given twice")
         node[leaf] = yaml.safe_load(value)
     return out
 
@@ -238,8 +246,9 @@ def predict(
     model: Annotated[str, typer.Option(help="model: name@alias, models:/..., runs:/... or a directory")] = DEFAULT_REF,
     out: Annotated[str | None, typer.Option(help="predictions CSV (default: print)")] = None,
     label: Annotated[str, typer.Option(help="label column name (default: the train CSV's last column)")] = "",
-    n_ensemble: Annotated[int, typer.Option(help="permutations averaged")] = 1,
-    max_queries: Annotated[int, typer.Option(help="rows answered per sequence (as the model was trained)")] = DEFAULT_MAX_QUERIES,
+    n_ensemble: Annotated[int, typer.Option(help="permutations averaged", min=1)] = 1,
+    max_queries: Annotated[int, typer.Option(help="rows answered per sequence (as the model was trained)",
+                                             min=1, max=MAX_QUERIES)] = DEFAULT_MAX_QUERIES,
 ) -> None:
     """Predict the rows of a CSV from a labelled CSV, in context."""
     import numpy as np
@@ -249,6 +258,8 @@ def predict(
     from mllm.core.errors import InputError
     from mllm.inference.table import load_table, read_queries
 
+    if out and Path(out).is_dir():  # found before the compute, not after it
+        _fail(f"--out {out} is a directory: name the predictions CSV file", 2)
     try:
         X, y = load_table(train, label or "label")
         queries, truth = read_queries(test, list(X.columns), y.name)
