@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from mllm.core.params import MAX_QUERIES
 from mllm.inference import DEFAULT_MAX_QUERIES
-from mllm.text.prompt import MAX_QUERIES
 from mllm.model.references import DEFAULT_REF
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach language models to do ML in context.")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mllm.core.errors import InputError
 
 MAX_CLASSES = 10  # the label vocabulary of the paper's recipe; more classes is a different problem
+MAX_QUERIES = 50  # query rows one prompt answers at most (the paper's)
 
 Prior = Literal["mlp", "tree", "mix"]
 NumberMode = Literal["whole", "digits"]  # 0..999 one token each (LLaMA-3 style) or digit tokens (Qwen2)
@@ -123,7 +124,7 @@ class EncodeParams(_Strict):
     tokenizer: str = Field(description="tokenizer dir, or a locally cached hub id")
     cutoff_len: int = Field(ge=64, description="max tokens per sequence; shots are dropped to fit")
     min_shots: int = Field(ge=1, description="a task that cannot keep this many shots is skipped")
-    max_queries: int = Field(ge=1, le=50, description="query rows answered per sequence (the first ones)")
+    max_queries: int = Field(ge=1, le=MAX_QUERIES, description="query rows answered per sequence (the first ones)")
     n_workers: int = Field(ge=1)
 
 
@@ -222,7 +223,7 @@ class EvaluateParams(_Strict):
     baselines: list[BaselineName]
     include_base: bool = Field(description="also evaluate the untrained base model")
     compare_champion: bool = Field(description="also evaluate the registry's current champion")
-    max_queries: int = Field(ge=1, le=50)
+    max_queries: int = Field(ge=1, le=MAX_QUERIES)
     n_ensemble: int = Field(ge=1)
     registered_model: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
 

@@ -35,10 +35,9 @@ def models_to_evaluate(params: Params, model_dir: str) -> tuple[dict[str, str], 
     if ep.compare_champion:
         mv = alias_version(ep.registered_model, CHAMPION)
         if mv is not None:
+            champion_version = str(mv.version)
             ref = f"models:/{ep.registered_model}/{mv.version}"
+            # trained weights that already are the champion have nothing to be compared against
             if weights_digest(resolve(ref)) != weights_digest(Path(model_dir)):
                 out["champion"] = ref
-                champion_version = str(mv.version)
-            else:  # the trained weights are already the champion: nothing to compare against
-                champion_version = str(mv.version)
     return out, champion_version

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from mllm.core.params import MAX_CLASSES
+from mllm.core.params import MAX_CLASSES, MAX_QUERIES
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.model.references import DEFAULT_REF, resolve
 
@@ -88,8 +88,8 @@ class MLLMClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         if self.classes_.size > MAX_CLASSES:
             raise ValueError(f"y has {self.classes_.size} classes; MLLMClassifier supports at most {MAX_CLASSES}")
-        if not 1 <= self.max_queries <= 50:
-            raise ValueError(f"max_queries must be 1..50, got {self.max_queries}")
+        if not 1 <= self.max_queries <= MAX_QUERIES:
+            raise ValueError(f"max_queries must be 1..{MAX_QUERIES}, got {self.max_queries}")
         if self.n_ensemble < 1:
             raise ValueError(f"n_ensemble must be >= 1, got {self.n_ensemble}")
         self._model_ref = self.model or DEFAULT_REF

@@ -12,8 +12,9 @@ import re
 
 import numpy as np
 
+from mllm.core.params import MAX_QUERIES
+
 SYSTEM_PROMPT = "You are an AI assistant. Your task is supervised classification."
-MAX_QUERIES = 50
 
 
 def data_header(n_features: int, n_classes: int) -> str:
