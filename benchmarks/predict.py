@@ -1,6 +1,13 @@
-"""In-context prediction: speed of the prefix cache, and the tiny model's learning curve on real tables.
+"""In-context prediction: a large test table, the prefix cache, and the learning curve on real tables.
 
     python benchmarks/predict.py [--quick] [--model models/tiny-base]
+
+(0) A large test table: heloc (22 features, so 128 shots do not fit the tiny base's 2048 tokens and shot
+retrieval is needed) with a 128-row context; every other row (9,872; --quick: 300) predicted as
+`mllm predict` does (batched blocks, one prefix per group of similar queries), and the first 1,000
+(--quick: 300) by the previous path (one chunk at a time, each chunk with its own retrieved shots and
+prefix, Jacobi decoding), same run. Seconds per row and accuracy of each; the last line is the ratio of
+per-row times (previous / batched).
 
 (1) Wall time per predicted row on the default model at M = 128 shots (2 features, so that 128 shots and
 50 queries fit its 2048 tokens): 50 queries per sequence with the shared prefix's KV cache, vs one query per
@@ -41,12 +48,35 @@ def speed(model, tok, n_rows: int, repeats: int) -> dict:
     enc = encode_tables(ctx, y, qry)
     out = {}
     for name, pred in (("cached_50", Predictor(model, tok, max_queries=50)),
-                       ("one_per_prompt", Predictor(model, tok, max_queries=1, cache_prefix=False))):
+                       ("one_per_prompt", Predictor(model, tok, max_queries=1, cache_prefix=False, decode="sequential"))):
         pred.predict_proba_encoded(encode_tables(ctx, y, qry.iloc[:2]))  # warm-up
         t0 = time.perf_counter()
         for _ in range(repeats):
             pred.predict_proba_encoded(enc)
         out[name] = (time.perf_counter() - t0) / (repeats * n_rows)
+    return out
+
+
+def large_table(model, tok, n_rows: int, previous_rows: int) -> dict:
+    import numpy as np
+
+    from mllm.inference.predict import Predictor, encode_tables
+    from mllm.inference.table import load_table
+
+    X, y = load_table(SHARED_DATASETS / "heloc.csv")
+    order = np.random.default_rng(0).permutation(len(X))
+    ctx, test = order[:128], order[128:128 + n_rows]
+    out = {"rows": len(test), "previous_rows": min(previous_rows, len(test))}
+    for name, pred, rows in (("batched", Predictor(model, tok), test),
+                             ("previous", Predictor(model, tok, decode="parallel"), test[:previous_rows])):
+        enc = encode_tables(X.iloc[ctx], y.iloc[ctx], X.iloc[rows])
+        t0 = time.perf_counter()
+        proba = pred.predict_proba_encoded(enc)
+        out[name] = (time.perf_counter() - t0) / len(rows)
+        hit = enc.labels.classes[proba.argmax(axis=1)] == y.iloc[rows].to_numpy()
+        out[f"{name}_accuracy"] = float(hit.mean())
+        out[f"{name}_accuracy_shared"] = float(hit[:previous_rows].mean())
+        out[f"{name}_stats"] = dict(pred.stats)
     return out
 
 
@@ -82,6 +112,7 @@ def main() -> None:
     # Contexts over the tiny base's 2048 tokens are answered with nearest-neighbour shot retrieval.
     shots, seeds, max_test, max_tables = ([8, 32, 128], [0], 30, 3) if args.quick else ([8, 16, 32, 64, 128], [0, 1], 50, 30)
 
+    big = large_table(model, tok, *((300, 300) if args.quick else (10**6, 1000)))
     curve, used = learning_curve(model, tok, shots, seeds, max_test, max_tables)
     sp = speed(model, tok, n_rows, repeats)
     one = speed(model, tok, 50, repeats)
@@ -96,6 +127,13 @@ def main() -> None:
           f"one query per prompt {sp['one_per_prompt'] * 1000:.1f} ms")
     print(f"prefix cache + 50 queries per sequence vs one query per prompt ({n_rows} rows): ratio "
           f"{sp['one_per_prompt'] / sp['cached_50']:.1f}")
+    print(f"large table (heloc, 128-row context, shot retrieval): batched {big['batched'] * 1000:.1f} ms/row over "
+          f"{big['rows']} rows (accuracy {big['batched_accuracy']:.3f}; {big['batched_stats']['prefixes']} prefixes), "
+          f"previous path {big['previous'] * 1000:.1f} ms/row over the first {big['previous_rows']} "
+          f"(accuracy {big['previous_accuracy']:.3f} vs batched {big['batched_accuracy_shared']:.3f} on those rows; "
+          f"{big['previous_stats']['sequences']} prefixes)")
+    print(f"large-table prediction, batched blocks vs the previous per-chunk path ({big['rows']} rows): ratio "
+          f"{big['previous'] / big['batched']:.1f}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
-from mllm.core.params import MAX_QUERIES
+from mllm.core.params import MAX_QUERIES, parse_yaml
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.model.references import DEFAULT_REF
 
@@ -50,7 +49,7 @@ def parse_overrides(items: list[str] | None) -> dict:
             raise typer.BadParameter(f"--set {key} conflicts with the --set {key}.* before it")
         if leaf in node:
             raise typer.BadParameter(f"--set {key} is given twice")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = parse_yaml(value)
     return out
 
 
@@ -250,37 +249,42 @@ def predict(
     max_queries: Annotated[int, typer.Option(help="rows answered per sequence (as the model was trained)",
                                              min=1, max=MAX_QUERIES)] = DEFAULT_MAX_QUERIES,
 ) -> None:
-    """Predict the rows of a CSV from a labelled CSV, in context."""
+    """Predict the rows of a CSV from a labelled CSV, in context. With --out, a long run shows progress and
+    saves results as it goes (OUT.partial): rerun the same command after an interruption to resume."""
     import numpy as np
-    import pandas as pd
 
-    from mllm.core.atomic import atomic_path
     from mllm.core.errors import InputError
-    from mllm.inference.table import load_table, read_queries
 
     if out and Path(out).is_dir():  # found before the compute, not after it
         _fail(f"--out {out} is a directory: name the predictions CSV file", 2)
     try:
-        X, y = load_table(train, label or "label")
-        queries, truth = read_queries(test, list(X.columns), y.name)
-        from mllm.inference.predict import Predictor, prediction_frame
+        from mllm.inference.job import fingerprint, partial_path, predict_table
+        from mllm.inference.predict import Predictor
+        from mllm.inference.table import load_table, read_queries
         from mllm.model.loading import load_trained_with_tokenizer
         from mllm.model.references import resolve
 
-        pred = Predictor(*load_trained_with_tokenizer(resolve(model)), n_ensemble=n_ensemble,
-                         max_queries=max_queries)
-        result = prediction_frame(*pred.predict_proba(X, y, queries))
-    except (InputError, FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        X, y = load_table(train, label or None)
+        queries, truth = read_queries(test, list(X.columns), y.name)
+        model_dir = resolve(model)
+        pred = Predictor(*load_trained_with_tokenizer(model_dir), n_ensemble=n_ensemble, max_queries=max_queries)
+        key = fingerprint([train, test], model_dir, {"label": y.name, "n_ensemble": n_ensemble,
+                                                      "max_queries": max_queries}) if out else ""
+        result = predict_table(pred, X, y, queries, out, key)
+    except InputError as err:
         _fail(str(err), 2)
+    except KeyboardInterrupt:
+        saved = f"; the rows answered so far are in {partial_path(out)}: rerun the same command to resume" if out else ""
+        _fail(f"interrupted{saved}", 130)
     if out:
-        with atomic_path(out) as tmp:
-            result.to_csv(tmp, index=False)
         typer.echo(f"{len(result)} predictions -> {out}")
     else:
         typer.echo(result.to_csv(index=False), nl=False)
     if truth is not None:
-        acc = float(np.mean(result["prediction"].astype(str).to_numpy() == truth.astype(str).to_numpy()))
-        typer.echo(f"accuracy on {test} ({y.name}): {acc:.4f}", err=True)
+        known = truth.notna().to_numpy()
+        acc = float(np.mean(result["prediction"].astype(str).to_numpy()[known] == truth.to_numpy()[known]))
+        unlabelled = f"; {int((~known).sum())} rows without a label not counted" if (~known).any() else ""
+        typer.echo(f"accuracy on {test} ({y.name}, {int(known.sum())} rows): {acc:.4f}{unlabelled}", err=True)
 
 
 @app.command()

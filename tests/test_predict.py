@@ -111,7 +111,7 @@ def test_parallel_decoding_equals_sequential(tok, model, items_per_pass):
     ctx, y, qry = _tables(m=20)
     enc = encode_tables(ctx, y, qry)
     seq = Predictor(model, tok, max_queries=20, decode="sequential")
-    par = Predictor(model, tok, max_queries=20, items_per_pass=items_per_pass)
+    par = Predictor(model, tok, max_queries=20, items_per_pass=items_per_pass, decode="parallel")
     a, b = seq.predict_proba_encoded(enc), par.predict_proba_encoded(enc)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert seq.stats["passes"] == 20 and par.stats["passes"] < 20
@@ -119,12 +119,44 @@ def test_parallel_decoding_equals_sequential(tok, model, items_per_pass):
         Predictor(model, tok, items_per_pass=0)
 
 
+@pytest.mark.parametrize("n_ensemble", [1, 2])
+def test_batched_decoding_equals_sequential(tok, model, n_ensemble):
+    """Chunks answered side by side (padded to one width, several blocks, a short last chunk) get the
+    sequential greedy answer of each chunk alone; answering the blocks one by one, in any order, gives the
+    same result (what resuming relies on)."""
+    ctx, y, qry = _tables(m=23)
+    enc = encode_tables(ctx, y, qry)
+    seq = Predictor(model, tok, max_queries=4, decode="sequential", n_ensemble=n_ensemble)
+    bat = Predictor(model, tok, max_queries=4, batch=2, n_ensemble=n_ensemble)
+    a, b = seq.predict_proba_encoded(enc), bat.predict_proba_encoded(enc)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    blocks = bat.plan(enc)
+    assert [len(c) for blk in blocks for c in blk.chunks] == [4, 4, 4, 4, 4, 3] and len(blocks) == 3
+    assert bat.stats["passes"] == 3 * 4 * n_ensemble and bat.stats["prefixes"] == n_ensemble
+    again = np.zeros_like(b)
+    for blk in reversed(blocks):
+        again[blk.rows] = Predictor(model, tok, max_queries=4, batch=2, n_ensemble=n_ensemble).predict_block(enc, blk)
+    np.testing.assert_array_equal(again, b)
+
+
 def test_retrieval_when_the_context_does_not_fit(tok, model):
-    """A context over the window is answered with nearest-neighbour shots per chunk, not an error."""
+    """A context over the window is answered with nearest-neighbour shots, not an error: per chunk by the
+    per-chunk decoders; by groups of similar queries, each with one prefix, by the batched decoder."""
     ctx, y, qry = _tables(n=400, d=8, m=12)
-    pred = Predictor(model, tok, cutoff_len=1024)
+    pred = Predictor(model, tok, cutoff_len=1024, decode="parallel")
     _, probs = pred.predict_proba(ctx, y, qry)
     assert probs.shape == (12, 3) and pred.stats["retrieval_chunks"] >= 2
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+    ctx, y, qry = _tables(n=400, d=8, m=200)
+    bat = Predictor(model, tok, cutoff_len=1024)
+    enc = encode_tables(ctx, y, qry)
+    blocks = bat.plan(enc)
+    groups = {b.group for b in blocks}
+    assert len(groups) >= 2 and all(0 < len(b.shots) < 400 for b in blocks)
+    assert sorted(np.concatenate([b.rows for b in blocks]).tolist()) == list(range(200))
+    probs = bat.predict_proba_encoded(enc)
+    assert bat.stats["prefixes"] == len(groups)  # one prefix per group, however many chunks it has
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 

@@ -8,6 +8,7 @@ an error that names it. The name lists other modules use are derived from the ``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -36,7 +37,8 @@ class ParamsError(InputError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a value of the wrong type is an error, not a coercion (`num_tasks: true` is not 1)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _Range(_Strict):
@@ -287,8 +289,26 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
             msg = "missing (params.yaml holds every section and key with its default)"
         elif e["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
+        else:
+            msg = f"{msg}, got {e['input']!r}"
         lines.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
     return "invalid params:\n  " + "\n  ".join(lines)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, except that ``1e-4`` is a float (YAML 1.2) rather than a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str):
+    """A params file or one ``-S`` value, read the same way."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def parse_params(raw: dict) -> Params:
@@ -305,7 +325,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from mllm.core.params import MAX_CLASSES, MAX_QUERIES
 from mllm.inference import DEFAULT_MAX_QUERIES
+from mllm.inference.predict import check_finite
 from mllm.model.references import DEFAULT_REF, resolve
 
 _loaded: dict[str, tuple] = {}  # resolved model dir -> (model, tokenizer): clones share one copy
@@ -68,13 +69,12 @@ class MLLMClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
             if X.shape[1] == 0:
                 raise ValueError("0 feature(s) (shape=(n, 0)) while a minimum of 1 is required.")
+            check_finite(X, "X")
             return X.reset_index(drop=True)
-        arr = validate_data(self, X, reset=reset, dtype=None, ensure_all_finite="allow-nan")
-        if arr.dtype.kind in "fc" and np.isinf(arr).any():
-            raise ValueError("Input X contains infinity or a value too large for this model.")
-        if arr.dtype == object:
-            return pd.DataFrame(arr)
-        return pd.DataFrame(np.asarray(arr, dtype=np.float64))
+        arr = validate_data(self, X, reset=reset, dtype=None, ensure_all_finite=False)
+        out = pd.DataFrame(arr) if arr.dtype == object else pd.DataFrame(np.asarray(arr, dtype=np.float64))
+        check_finite(out, "X")  # the same check and message as for a DataFrame or a CSV
+        return out
 
     def fit(self, X, y):
         """Store the labelled rows (the context of every later prediction)."""

@@ -1,15 +1,23 @@
 """In-context prediction: a labelled table (the context) + unlabelled rows -> label probabilities.
 
 One engine for evaluation, the API and serving. The context is encoded with the shared encoder
-(statistics from the context rows only); query rows are answered up to ``max_queries`` per sequence; the
-shared prefix (system + data header + shot rows) is run once and its KV cache reused for every chunk of
-queries. Labels are **scored, not parsed**: at each answer position the model's probability of every label
+(statistics from the context rows only); query rows are answered up to ``max_queries`` per sequence (a
+chunk). Labels are **scored, not parsed**: at each answer position the model's probability of every label
 of the task is read, the most likely one is written into the answer, and decoding moves on to the next
 query, so the output always parses and every row gets a full probability vector.
+
+The work is planned as blocks (``Predictor.plan``): chunks that share the same shot rows. A context that
+fits the window is one group of shots for every chunk; one that does not is split by each query's nearest
+context row, and each such group gets the context rows nearest its queries, so queries that share shots
+share one prefix. The prefix (system + data header + shot rows) runs once per group, and a block answers
+up to ``batch`` chunks side by side in one static KV cache (one forward pass per answer position for the
+whole block). Blocks are independent and deterministic, which is what lets a long run write its results
+block by block and resume after an interruption (``mllm.inference.job``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +32,11 @@ from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
 
 
+# Chunks per group of similar queries when the context needs shot retrieval: the group's prefix (its
+# retrieved shots, most of the window) is computed once for about this many chunks.
+GROUP_CHUNKS = 16
+
+
 class PredictionError(InputError):
     """A context or query table that cannot be predicted as given."""
 
@@ -34,6 +47,16 @@ class Encoded:
     shot_ids: np.ndarray  # (m,) label ids 0..K-1
     queries: np.ndarray  # (n, d) int codes
     labels: LabelMap
+
+
+def check_finite(table: pd.DataFrame, where: str) -> None:
+    """Infinite numbers are refused, naming their columns, whichever API brought them (a CSV's "inf", a
+    DataFrame, a numpy array): a missing value is an empty cell or NaN."""
+    numeric = table.select_dtypes("number")
+    bad = [str(c) for c in numeric.columns if np.isinf(numeric[c].to_numpy(dtype=np.float64, na_value=np.nan)).any()]
+    if bad:
+        raise PredictionError(f"infinite values in the {where} rows, column(s) {', '.join(bad[:5])}: give finite "
+                              "numbers, or leave the cells empty (NaN) for missing values")
 
 
 def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame) -> Encoded:
@@ -52,9 +75,24 @@ def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame) -> En
         raise PredictionError(f"the context holds a single class ({labels.classes[0]!r}); at least 2 are needed")
     if labels.n_classes > MAX_CLASSES:
         raise PredictionError(f"the context holds {labels.n_classes} classes; at most {MAX_CLASSES} are supported")
+    check_finite(context, "context")
+    check_finite(queries, "query")
     s_num, q_num, _ = ordinal_encode(context.reset_index(drop=True), queries.reset_index(drop=True))
     shots, qs = quantise(s_num, q_num)
     return Encoded(shots, labels.to_ids(y.to_numpy()), qs, labels)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Chunks of query rows (indices into the query table) answered side by side with the same shots."""
+
+    group: int
+    shots: np.ndarray  # indices of the context rows in the prompt (ascending)
+    chunks: tuple[np.ndarray, ...]
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.concatenate(self.chunks)
 
 
 def prediction_frame(classes: np.ndarray, proba: np.ndarray) -> pd.DataFrame:
@@ -80,31 +118,40 @@ def _crop(cache, length: int) -> None:
 class Predictor:
     """Label probabilities from a causal LM and its tokenizer (see module docstring).
 
-    ``decode="parallel"`` (default) finds the greedy answer by Jacobi iteration: the labels of
-    ``items_per_pass`` items are scored in one forward pass given guessed earlier labels; items up to the
-    first changed guess are final, and the pass repeats from there. The fixed point is exactly the sequential
-    greedy answer in far fewer passes than one per query; 8 items (not the whole chunk) keep each pass short,
-    since on CPU a pass over 8 items costs little more than one over a single item. ``decode="sequential"``
-    scores one query per forward pass.
-    ``decode="generate"`` lets the model write the JSON answer and parses it (for models that only return
-    text); a malformed answer is an error, and the probabilities are one-hot.
+    ``decode="batched"`` (default) answers the chunks of a block side by side: one forward pass per answer
+    position for up to ``batch`` chunks (None: as many as ``kv_budget_mb`` of KV cache holds, at most 32),
+    each position's label the most likely one given the labels before it (greedy, as written below).
+    The per-chunk decoders answer one chunk at a time, each chunk with its own retrieved shots when the
+    context does not fit: ``"parallel"`` finds the same greedy answer by Jacobi iteration (the labels of
+    ``items_per_pass`` items scored in one pass given guessed earlier labels; items up to the first changed
+    guess are final); ``"sequential"`` scores one query per forward pass; ``"generate"`` lets the model write
+    the JSON answer and parses it (for models that only return text; the probabilities are one-hot).
     """
 
     def __init__(self, model, tokenizer, max_queries: int = DEFAULT_MAX_QUERIES, n_ensemble: int = 1, seed: int = 0,
-                 cutoff_len: int | None = None, cache_prefix: bool = True, decode: str = "parallel",
-                 min_shots: int = 8, items_per_pass: int = 8):
+                 cutoff_len: int | None = None, cache_prefix: bool = True, decode: str = "batched",
+                 min_shots: int = 8, items_per_pass: int = 8, batch: int | None = None, kv_budget_mb: int = 1024):
         if not 1 <= max_queries <= prompt.MAX_QUERIES:
             raise PredictionError(f"max_queries must be 1..{prompt.MAX_QUERIES}, got {max_queries}")
+        if n_ensemble < 1:
+            raise PredictionError(f"n_ensemble must be at least 1, got {n_ensemble}")
         if items_per_pass < 1:
             raise PredictionError(f"items_per_pass must be at least 1, got {items_per_pass}")
-        if decode not in ("parallel", "sequential", "generate"):
-            raise PredictionError(f"decode must be parallel, sequential or generate, got {decode!r}")
+        if batch is not None and batch < 1:
+            raise PredictionError(f"batch must be at least 1, got {batch}")
+        if decode not in ("batched", "parallel", "sequential", "generate"):
+            raise PredictionError(f"decode must be batched, parallel, sequential or generate, got {decode!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_queries, self.n_ensemble, self.seed = max_queries, n_ensemble, seed
         self.cache_prefix = cache_prefix  # off only to measure what the cache saves
         self.decode, self.min_shots, self.items_per_pass = decode, min_shots, items_per_pass
+        self.batch, self.kv_budget_mb = batch, kv_budget_mb
         self.cutoff_len = cutoff_len or getattr(model.config, "max_position_embeddings", None)
-        self.stats = {"sequences": 0, "retrieval_chunks": 0, "passes": 0}
+        self.stats = {"sequences": 0, "retrieval_chunks": 0, "passes": 0, "prefixes": 0}
+        forward = getattr(model, "get_base_model", lambda: model)().forward
+        self._cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+        self._prefixes: dict[tuple[int, int], tuple[int, list]] = {}  # (group, member) -> (length, per-layer KV)
+        self._prefix_owner: Encoded | None = None  # the tables those prefixes belong to
 
     # -- text pieces -------------------------------------------------------------------------------
 
@@ -139,13 +186,19 @@ class Predictor:
     def _forward(self, ids: list[int], cache, pos: int, keep=1):
         """Run ``ids`` after ``cache``; logits only at ``keep`` (the last n positions, or these indices)."""
         import torch
+        from transformers import DynamicCache
 
+        cache = DynamicCache() if cache is None else cache
+        dev = self.model.device
         with torch.no_grad():
-            out = self.model(input_ids=torch.as_tensor([ids]), past_key_values=cache, use_cache=True,
-                             position_ids=torch.arange(pos, pos + len(ids))[None], logits_to_keep=keep)
-        return out.logits[0], out.past_key_values
+            out = self.model(input_ids=torch.as_tensor([ids], device=dev), use_cache=True,
+                             position_ids=torch.arange(pos, pos + len(ids), device=dev)[None],
+                             logits_to_keep=keep.to(dev) if torch.is_tensor(keep) else keep,
+                             **{self._cache_kw: cache})
+        return out.logits[0].cpu(), cache
 
     def _run_prefix(self, prefix: list[int]):
+        self.stats["prefixes"] += 1
         return self._forward(prefix, None, 0)[1]
 
     def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, cand: list[int], guess: int = 0) -> np.ndarray:
@@ -205,7 +258,7 @@ class Predictor:
 
         ids = prefix + self._ids(self._suffix_text(queries))
         with torch.no_grad():
-            out = self.model.generate(torch.as_tensor([ids]), max_new_tokens=16 * len(queries) + 8, do_sample=False)
+            out = self.model.generate(torch.as_tensor([ids], device=self.model.device), max_new_tokens=16 * len(queries) + 8, do_sample=False)
         text = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
         try:
             labels = prompt.parse_answer(text.strip(), len(queries), k)
@@ -213,18 +266,173 @@ class Predictor:
             raise PredictionError(f"the model's generated answer does not parse: {err}") from None
         return np.eye(k)[labels]
 
+    def _member(self, enc: Encoded, v: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble member ``v``'s row and column order of the context (member 0: as given)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, v]))
+        cols = rng.permutation(enc.shots.shape[1]) if v else np.arange(enc.shots.shape[1])
+        rows = rng.permutation(enc.shots.shape[0]) if v else np.arange(enc.shots.shape[0])
+        return rows, cols
+
     def predict_proba_encoded(self, enc: Encoded) -> np.ndarray:
         """(n_queries, K) probabilities, averaged over ``n_ensemble`` seeded row/column permutations."""
         k = enc.labels.n_classes
+        if self.decode == "batched":
+            out = np.zeros((enc.queries.shape[0], k))
+            for block in self.plan(enc):
+                out[block.rows] = self.predict_block(enc, block)
+            return out
         cand = label_token_ids(self.tokenizer, k)
         total = np.zeros((enc.queries.shape[0], k))
         for v in range(self.n_ensemble):
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, v]))
-            cols = rng.permutation(enc.shots.shape[1]) if v else np.arange(enc.shots.shape[1])
-            rows = rng.permutation(enc.shots.shape[0]) if v else np.arange(enc.shots.shape[0])
+            rows, cols = self._member(enc, v)
             shots, shot_ids, queries = enc.shots[rows][:, cols], enc.shot_ids[rows], enc.queries[:, cols]
             total += self._predict_one(shots, shot_ids, queries, k, cand)
         return total / self.n_ensemble
+
+    # -- batched decoding: plan blocks, answer a block -------------------------------------------
+
+    def _chunk_size(self, shots, shot_ids, queries, k) -> tuple[int, bool]:
+        """(query rows per chunk, whether the whole context fits beside such a chunk)."""
+        head = len(self._ids(self._prefix_text(shots[:0], shot_ids[:0], k)))
+        costs = self._row_costs(shots, shot_ids)
+        limit = self.cutoff_len or 10**9
+
+        def fits(shot_tokens: int, c: int) -> bool:
+            return head + shot_tokens + self._chunk_tokens(queries[:c], k) <= limit
+
+        chunk = min(self.max_queries, queries.shape[0])
+        while chunk > 1 and not fits(int(costs.sum()), chunk):
+            chunk //= 2
+        if fits(int(costs.sum()), chunk):
+            return chunk, True
+        need_min = int(np.sort(costs)[: self.min_shots].sum())
+        chunk = min(self.max_queries, queries.shape[0], 10)
+        while chunk > 1 and not fits(need_min, chunk):
+            chunk //= 2
+        if not fits(need_min, chunk):
+            raise PredictionError(
+                f"the context ({shots.shape[0]} rows x {shots.shape[1]} features) does not fit the model's "
+                f"{limit}-token window even with {min(self.min_shots, len(costs))} retrieved rows and one query row"
+            )
+        return chunk, False
+
+    def _batch_size(self, tokens: int) -> int:
+        """Chunks per block: as many sequences of ``tokens`` as ``kv_budget_mb`` of KV cache holds (1..32)."""
+        if self.batch:
+            return self.batch
+        c = self.model.config
+        c = getattr(c, "get_text_config", lambda: c)()
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        elem = next(self.model.parameters()).element_size()
+        per_seq = 2 * c.num_hidden_layers * heads * head_dim * elem * tokens
+        return int(max(1, min(32, self.kv_budget_mb * 2**20 // max(per_seq, 1))))
+
+    def plan(self, enc: Encoded) -> list[Block]:
+        """The blocks of work for ``enc``, in order; deterministic, and the same for every ensemble member
+        (row and column permutations change neither token counts nor distances)."""
+        k, n = enc.labels.n_classes, enc.queries.shape[0]
+        chunk, fits_all = self._chunk_size(enc.shots, enc.shot_ids, enc.queries, k)
+        if fits_all:
+            groups = [(np.arange(enc.shots.shape[0]), np.arange(n))]
+        else:
+            head = len(self._ids(self._prefix_text(enc.shots[:0], enc.shot_ids[:0], k)))
+            costs = self._row_costs(enc.shots, enc.shot_ids)
+            groups = []
+            for rows in self._query_groups(enc.queries, chunk * GROUP_CHUNKS):
+                widest = max(self._chunk_tokens(enc.queries[rows[i:i + chunk]], k) for i in range(0, len(rows), chunk))
+                groups.append((nearest_shots(enc.shots, enc.queries[rows], costs, self.cutoff_len - head - widest), rows))
+        blocks = []
+        for g, (shots, rows) in enumerate(groups):
+            chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
+            tokens = self.cutoff_len or 4096
+            b = self._batch_size(tokens)
+            blocks += [Block(g, shots, tuple(chunks[i:i + b])) for i in range(0, len(chunks), b)]
+        return blocks
+
+    def _query_groups(self, queries: np.ndarray, size: int) -> list[np.ndarray]:
+        """Query rows in groups of about ``size`` similar rows (k-means on the codes, seeded), each group's
+        rows in table order, groups ordered by their first row."""
+        n_groups = min(-(-queries.shape[0] // size), len(np.unique(queries, axis=0)))
+        if n_groups <= 1:
+            return [np.arange(queries.shape[0])]
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=n_groups, n_init=1, random_state=self.seed).fit(queries.astype(np.float64))
+        groups = [np.flatnonzero(km.labels_ == g) for g in range(n_groups)]
+        return sorted((g for g in groups if g.size), key=lambda g: g[0])
+
+    def predict_block(self, enc: Encoded, block: Block) -> np.ndarray:
+        """(len(block.rows), K) probabilities of a block's rows, averaged over the ensemble."""
+        k = enc.labels.n_classes
+        cand = label_token_ids(self.tokenizer, k)
+        total = np.zeros((len(block.rows), k))
+        keep = np.zeros(enc.shots.shape[0], dtype=bool)
+        keep[block.shots] = True
+        if self._prefix_owner is not enc or (self._prefixes and next(iter(self._prefixes))[0] != block.group):
+            self._prefixes.clear()  # blocks come group by group: only the current group's prefixes are kept
+            self._prefix_owner = enc
+        for v in range(self.n_ensemble):
+            rows, cols = self._member(enc, v)
+            order = rows[keep[rows]]  # this member's shot order, restricted to the block's shots
+            if (block.group, v) not in self._prefixes:
+                prefix = self._ids(self._prefix_text(enc.shots[order][:, cols], enc.shot_ids[order], k))
+                cache = self._run_prefix(prefix)
+                self._prefixes[(block.group, v)] = (len(prefix), [(lay.keys, lay.values) for lay in cache.layers])
+            length, kv = self._prefixes[(block.group, v)]
+            queries = [enc.queries[c][:, cols] for c in block.chunks]
+            total += np.concatenate(self._score_batch(length, kv, queries, cand))
+        return total / self.n_ensemble
+
+    def _score_batch(self, prefix_len: int, prefix_kv: list, chunks: list[np.ndarray], cand: list[int]) -> list[np.ndarray]:
+        """Greedy label probabilities of each chunk's queries, all chunks side by side after the same prefix.
+
+        Each row of the batch is [prefix][padding][chunk's query rows + first answer piece]: the padding is
+        masked and the positions skip it, so every row computes exactly its own sequence, and all rows end at
+        the same slot, so one logit per row is read per pass. Each further pass appends the chosen label and
+        the next answer piece to every row (the same number of tokens for all)."""
+        import torch
+        from transformers import StaticCache
+
+        dev = self.model.device
+        b, q = len(chunks), max(len(c) for c in chunks)
+        heads = [self._ids(self._suffix_text(c)) + self._ids(answer_piece(0)) for c in chunks]
+        width = max(map(len, heads))
+        pieces = [self._ids(answer_piece(i)) for i in range(1, q)]
+        total_len = prefix_len + width + sum(1 + len(p) for p in pieces)
+        cache = StaticCache(config=self.model.config, max_cache_len=total_len)
+        for layer, (key, value) in zip(cache.layers, prefix_kv, strict=True):
+            layer.lazy_initialization(key.expand(b, -1, -1, -1), value.expand(b, -1, -1, -1))
+            layer.keys[:, :, :prefix_len] = key
+            layer.values[:, :, :prefix_len] = value
+            layer.cumulative_length.fill_(prefix_len)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        pos = torch.full((b, width), prefix_len, dtype=torch.long)
+        mask = torch.ones((b, prefix_len + width), dtype=torch.long)
+        for r, h in enumerate(heads):
+            ids[r, width - len(h):] = torch.as_tensor(h)
+            pos[r, width - len(h):] = prefix_len + torch.arange(len(h))
+            mask[r, prefix_len:prefix_len + width - len(h)] = 0
+        nxt = prefix_len + torch.as_tensor([len(h) for h in heads])  # each row's next position
+        cand_t = torch.as_tensor(cand)
+        probs = np.zeros((b, q, len(cand)))
+        for i in range(q):
+            with torch.no_grad():
+                out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+            p = torch.softmax(out.logits[:, -1, cand_t.to(dev)].float(), dim=-1).cpu()
+            probs[:, i] = p.numpy()
+            self.stats["passes"] += 1
+            if i + 1 == q:
+                break
+            chosen = cand_t[p.argmax(dim=1)]
+            ids = torch.cat([chosen[:, None], torch.as_tensor(pieces[i]).expand(b, -1)], dim=1)
+            pos = nxt[:, None] + torch.arange(ids.shape[1])
+            nxt = nxt + ids.shape[1]
+            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
+        self.stats["sequences"] += b
+        return [probs[r, :len(c)] for r, c in enumerate(chunks)]
 
     def _predict_one(self, shots, shot_ids, queries, k, cand) -> np.ndarray:
         out = np.zeros((queries.shape[0], k))

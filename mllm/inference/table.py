@@ -14,22 +14,49 @@ class TableError(InputError):
     """A table that cannot be evaluated; the message names the file and the problem."""
 
 
-def load_table(path: str | Path, label: str = "label") -> tuple[pd.DataFrame, pd.Series]:
-    """A CSV whose last column (or ``label``) is the target. Errors name the file and what is wrong."""
-    path = Path(path)
+def _read(path: Path, **kw) -> pd.DataFrame:
+    """``pd.read_csv`` with the ways a file can fail named: missing, a directory, not UTF-8, not a table."""
+    if path.is_dir():
+        raise TableError(f"{path}: is a directory; name a CSV file")
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
     try:
-        df = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        return pd.read_csv(path, **kw)
+    except UnicodeDecodeError as err:
+        raise TableError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                         "save the table as UTF-8 CSV") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as err:
         raise TableError(f"{path}: not a readable CSV table ({err})") from None
+
+
+def read_labels(path: Path, column: str) -> pd.Series:
+    """A label column as the strings written in the file (``1`` stays "1" beside an empty cell, "None" and
+    "NA" are labels); an empty cell is a missing label (NaN)."""
+    y = _read(path, usecols=[column], dtype=str, keep_default_na=False)[column].str.strip()
+    return y.where(y != "", None).rename(column)
+
+
+def load_table(path: str | Path, label: str | None = None) -> tuple[pd.DataFrame, pd.Series]:
+    """A labelled CSV: features and the label column (``label``; when None, a column named "label", else
+    the last column), labels read as the strings in the file. Errors name the file and what is wrong."""
+    path = Path(path)
+    df = _read(path)
     if df.shape[0] == 0:
         raise TableError(f"{path}: no data rows")
     if df.shape[1] < 2:
         raise TableError(f"{path}: needs at least one feature column and a label column")
-    target = label if label in df.columns else df.columns[-1]
-    y = df.pop(target)
+    if label is not None and label not in df.columns:
+        raise TableError(f"{path}: no label column {label!r}; its columns are {_names(df.columns)}")
+    target = label if label is not None else ("label" if "label" in df.columns else df.columns[-1])
+    y = read_labels(path, target)
     if y.isna().any():
-        raise TableError(f"{path}: {int(y.isna().sum())} rows have no label")
-    return coerce_numeric(df), y
+        raise TableError(f"{path}: {int(y.isna().sum())} rows have no label (column {target!r})")
+    return coerce_numeric(df.drop(columns=[target])), y
+
+
+def _names(columns, at_most: int = 8) -> str:
+    names = [str(c) for c in columns]
+    return ", ".join(names[:at_most]) + (f" ... ({len(names)} columns)" if len(names) > at_most else "")
 
 
 def coerce_numeric(df: pd.DataFrame, share: float = 0.9) -> pd.DataFrame:
@@ -48,13 +75,13 @@ def coerce_numeric(df: pd.DataFrame, share: float = 0.9) -> pd.DataFrame:
 
 def read_queries(path: str | Path, columns: list[str], target: str) -> tuple[pd.DataFrame, pd.Series | None]:
     """The rows to predict from a CSV: the context's ``columns`` (in that order), and the ``target`` column
-    when the file has one (for accuracy)."""
+    when the file has one (strings, as ``read_labels``; rows with an empty cell count for no accuracy)."""
     path = Path(path)
-    if not path.is_file():
-        raise TableError(f"{path}: no such file")
-    df = pd.read_csv(path)
-    truth = df.pop(target) if target in df.columns else None
+    df = _read(path)
+    if df.shape[0] == 0:
+        raise TableError(f"{path}: no data rows")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise TableError(f"{path}: missing the context's columns {missing[:5]}")
+    truth = read_labels(path, target) if target in df.columns else None
     return coerce_numeric(df[list(columns)]), truth

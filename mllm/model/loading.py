@@ -18,6 +18,32 @@ class ModelError(InputError):
     """A model that cannot be loaded or adapted as asked; the message says which and why."""
 
 
+# Weight files that load by unpickling, which can run code stored in them: never loaded.
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights(directory: Path) -> None:
+    """``directory``'s weights are safetensors files whose headers and data are complete; pickled weights
+    alone are refused (mllm never unpickles a model file)."""
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(f.name for f in directory.iterdir() if f.suffix in PICKLED_WEIGHTS)
+        if pickled:
+            raise ModelError(f"{directory} holds pickled weights only ({', '.join(pickled)}): mllm loads "
+                             "safetensors files only, because loading a pickle can run code stored in it; "
+                             "save the model with save_pretrained(..., safe_serialization=True)")
+        raise ModelError(f"{directory} has no weights (no *.safetensors file)")
+    from safetensors import safe_open
+
+    for f in files:
+        try:
+            with safe_open(f, "pt") as fh:
+                fh.keys()
+        except Exception as err:  # SafetensorError and OSError: truncated, corrupt or unreadable
+            raise ModelError(f"{f} is not a complete safetensors file ({err}); it may be truncated: copy or "
+                             "download it again") from None
+
+
 def tiny_config(mp: ModelParams, tokenizer):
     """A small Qwen2-architecture config sized by ``model.tiny`` for the project's tokenizer."""
     from transformers import Qwen2Config
@@ -53,6 +79,8 @@ def _from_local(name: str, trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
+    if Path(name).is_dir():
+        check_weights(Path(name))
     return AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True,
                                                 trust_remote_code=trust_remote_code, dtype=torch.float32)
 
@@ -148,11 +176,23 @@ def load_trained(path: str | Path):
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise ModelError(f"the adapter in {path} does not name its base model (base_model_name_or_path)")
+        if not (path / "adapter_model.safetensors").is_file():
+            check_weights(path)  # says why: pickled weights only, or none
+            raise ModelError(f"the adapter in {path} has no adapter_model.safetensors")
+        check_weights(path)
         try:
             model = _from_local(resolve_base(base))
+        except ModelError:
+            raise
         except (OSError, ValueError) as err:
             raise ModelError(f"the base {base!r} of the adapter in {path} cannot be loaded from local files: {err}") from None
-        return PeftModel.from_pretrained(model, str(path))
+        # merged for inference: the same function without the adapter's extra matmuls per layer
+        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
-    return _from_local(str(path))
+    try:
+        return _from_local(str(path))
+    except ModelError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelError(f"the model in {path} cannot be loaded: {err}") from None

@@ -16,6 +16,7 @@ import pandas as pd
 
 SCALE, CENTER, LOW, HIGH = 120.0, 500.0, 0, 999
 STD_FLOOR = 1e-6
+HUGE = 1e150  # beyond this a column is rescaled before its statistics (see quantise)
 
 
 def quantise(shots: np.ndarray, queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -23,6 +24,16 @@ def quantise(shots: np.ndarray, queries: np.ndarray | None = None) -> tuple[np.n
     shots = np.asarray(shots, dtype=np.float64)
     if shots.ndim != 2 or shots.shape[0] < 1:
         raise ValueError(f"shots must be a non-empty 2-D array, got shape {shots.shape}")
+    # Columns with values near the float limit (1e308) are scaled down first, so that their mean and
+    # standard deviation do not overflow; z-scores do not change with the scale, and ordinary columns are
+    # left untouched (the same bytes as ever).
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-missing columns
+        big = np.nanmax(np.abs(np.where(np.isinf(shots), np.nan, shots)), axis=0)
+    scale = np.where(np.isfinite(big) & (big > HUGE), big, 1.0)
+    if (scale != 1.0).any():
+        shots = shots / scale
+        queries = None if queries is None else np.asarray(queries, dtype=np.float64) / scale
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice" on all-missing columns
         mean = np.nanmean(shots, axis=0)
@@ -33,8 +44,9 @@ def quantise(shots: np.ndarray, queries: np.ndarray | None = None) -> tuple[np.n
     def codes(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         x = np.where(np.isnan(x), mean, x)
-        z = (x - mean) / std
-        return np.clip(np.rint(z * SCALE + CENTER), LOW, HIGH).astype(np.int16)
+        with np.errstate(over="ignore"):  # a query far beyond the shots' range is clipped to 0 or 999
+            z = (x - mean) / std
+            return np.clip(np.rint(z * SCALE + CENTER), LOW, HIGH).astype(np.int16)
 
     return codes(shots), (None if queries is None else codes(queries))
 
@@ -81,20 +93,27 @@ class LabelMap:
 
     @classmethod
     def fit(cls, shot_labels) -> LabelMap:
-        return cls(np.unique(np.asarray(shot_labels)))
+        """The distinct labels, in numeric order when they are all numbers (also when written as strings,
+        so "10" follows "9"), else in string order."""
+        labels = np.unique(np.asarray(shot_labels))
+        try:
+            keys = [float(v) for v in labels.tolist()]
+        except (TypeError, ValueError):
+            return cls(labels)
+        order = sorted(range(labels.size), key=lambda i: (keys[i], str(labels[i])))
+        return cls(labels[order])
 
     @property
     def n_classes(self) -> int:
         return int(self.classes.size)
 
     def to_ids(self, labels) -> np.ndarray:
-        labels = np.asarray(labels)
-        idx = np.searchsorted(self.classes, labels)
-        idx = np.clip(idx, 0, self.classes.size - 1)
-        bad = self.classes[idx] != labels
-        if bad.any():
-            raise ValueError(f"labels never seen in the context: {sorted(set(labels[bad].tolist()))[:10]}")
-        return idx.astype(np.int64)
+        index = {c: i for i, c in enumerate(self.classes.tolist())}
+        labels = np.asarray(labels).tolist()
+        unseen = sorted({str(v) for v in labels if v not in index})
+        if unseen:
+            raise ValueError(f"labels never seen in the context: {unseen[:10]}")
+        return np.array([index[v] for v in labels], dtype=np.int64)
 
     def to_labels(self, ids) -> np.ndarray:
         return self.classes[np.asarray(ids, dtype=np.int64)]
