@@ -34,7 +34,7 @@ from mllm.text.encoding import LabelMap, ordinal_encode, quantise
 
 # Chunks per group of similar queries when the context needs shot retrieval: the group's prefix (its
 # retrieved shots, most of the window) is computed once for about this many chunks.
-GROUP_CHUNKS = 16
+GROUP_CHUNKS = 4
 
 
 class PredictionError(InputError):
