@@ -336,3 +336,34 @@ def test_predict_resumes_after_kill_9(tmp_path, venv_env):
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
     assert not part.exists()
+
+
+def test_predict_shows_progress_on_a_terminal(tmp_path, venv_env):
+    """On a terminal, `mllm predict` reports rows done, rows/s and time left; into a pipe or file, nothing."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    _table(tmp_path / "train.csv", n=40)
+    _table(tmp_path / "test.csv", n=25, seed=1)
+    args = [sys.executable, "-m", "mllm.cli", "predict", "--train", "train.csv", "--test", "test.csv",
+            "--model", str(TINY_BASE_DIR), "--out", "out.csv"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen(args, cwd=tmp_path, env=venv_env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        seen += data
+    assert proc.wait(timeout=300) == 0
+    text = seen.decode(errors="replace")
+    assert "predict: 100%" in text and "25/25" in text and "row/s" in text, text
+    res = _mllm(args[3:], venv_env, tmp_path)
+    assert res.returncode == 0 and "row/s" not in res.stderr

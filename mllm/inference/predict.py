@@ -7,9 +7,9 @@ of the task is read, the most likely one is written into the answer, and decodin
 query, so the output always parses and every row gets a full probability vector.
 
 The work is planned as blocks (``Predictor.plan``): chunks that share the same shot rows. A context that
-fits the window is one group of shots for every chunk; one that does not is split by each query's nearest
-context row, and each such group gets the context rows nearest its queries, so queries that share shots
-share one prefix. The prefix (system + data header + shot rows) runs once per group, and a block answers
+fits the window is one group of shots for every chunk; for one that does not, the queries are split into
+groups of about ``GROUP_CHUNKS`` chunks of similar rows (k-means on the codes) and each group gets the
+context rows nearest its queries, so queries that share shots share one prefix. The prefix (system + data header + shot rows) runs once per group, and a block answers
 up to ``batch`` chunks side by side in one static KV cache (one forward pass per answer position for the
 whole block). Blocks are independent and deterministic, which is what lets a long run write its results
 block by block and resume after an interruption (``mllm.inference.job``).
@@ -30,7 +30,6 @@ from mllm.inference.retrieval import nearest_shots
 from mllm.inference.scoring import label_token_ids
 from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
-
 
 # Chunks per group of similar queries when the context needs shot retrieval: the group's prefix (its
 # retrieved shots, most of the window) is computed once for about this many chunks.
@@ -152,6 +151,7 @@ class Predictor:
         self._cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         self._prefixes: dict[tuple[int, int], tuple[int, list]] = {}  # (group, member) -> (length, per-layer KV)
         self._prefix_owner: Encoded | None = None  # the tables those prefixes belong to
+        self._static = None  # (owner, StaticCache, prefix KV, length) of the last block, reused by the next
 
     # -- text pieces -------------------------------------------------------------------------------
 
@@ -400,11 +400,20 @@ class Predictor:
         width = max(map(len, heads))
         pieces = [self._ids(answer_piece(i)) for i in range(1, q)]
         total_len = prefix_len + width + sum(1 + len(p) for p in pieces)
-        cache = StaticCache(config=self.model.config, max_cache_len=total_len)
-        for layer, (key, value) in zip(cache.layers, prefix_kv, strict=True):
-            layer.lazy_initialization(key.expand(b, -1, -1, -1), value.expand(b, -1, -1, -1))
-            layer.keys[:, :, :prefix_len] = key
-            layer.values[:, :, :prefix_len] = value
+        # The block's cache: the previous block's when it holds the same prefix (the same group and member,
+        # as blocks come in order) for as many rows and is long enough; slots past the prefix are rewritten
+        # before they are read. Lengths round up to 64 so that blocks of one group can share it.
+        owner = (id(prefix_kv), b)
+        if self._static is None or self._static[0] != owner or self._static[3] < total_len:
+            length = -(-total_len // 64) * 64
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            for layer, (key, value) in zip(cache.layers, prefix_kv, strict=True):
+                layer.lazy_initialization(key.expand(b, -1, -1, -1), value.expand(b, -1, -1, -1))
+                layer.keys[:, :, :prefix_len] = key
+                layer.values[:, :, :prefix_len] = value
+            self._static = (owner, cache, prefix_kv, length)  # prefix_kv kept alive: its id stays unique
+        cache = self._static[1]
+        for layer in cache.layers:
             layer.cumulative_length.fill_(prefix_len)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((b, width), pad, dtype=torch.long)

@@ -33,13 +33,13 @@ def check_weights(directory: Path) -> None:
                              "safetensors files only, because loading a pickle can run code stored in it; "
                              "save the model with save_pretrained(..., safe_serialization=True)")
         raise ModelError(f"{directory} has no weights (no *.safetensors file)")
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     for f in files:
         try:
             with safe_open(f, "pt") as fh:
                 fh.keys()
-        except Exception as err:  # SafetensorError and OSError: truncated, corrupt or unreadable
+        except (SafetensorError, OSError) as err:  # truncated, corrupt or unreadable
             raise ModelError(f"{f} is not a complete safetensors file ({err}); it may be truncated: copy or "
                              "download it again") from None
 
