@@ -2,7 +2,7 @@
 command line) naming the file, column, key or value, or the right figures.
 
 Inputs tried here (each would have passed silently, or with a traceback, before):
-- tables (CLI): ``--label`` naming a missing column; a train or test file that is not UTF-8; a directory
+- tables (CLI; refused before the model loads): ``--label`` naming a missing column; a train or test file that is not UTF-8; a directory
   as ``--train``; an empty label cell among numeric labels (labels read as the strings written: "1" stays
   "1", accuracy counts the labelled rows); labels "None" and "NA" (labels, not missing); ``inf``,
   ``-inf`` in a feature column.
@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from mllm.core.params import ParamsError, load_params, parse_yaml
-from mllm.inference.predict import PredictionError, Predictor, encode_tables
+from mllm.inference.predict import Predictor, encode_tables
 from mllm.inference.table import TableError, load_table, read_queries
 from mllm.model.loading import TINY_BASE_DIR, ModelError, load_trained
 
@@ -64,8 +64,8 @@ def _table(path: Path, n: int = 30, seed: int = 0, label=None) -> Path:
     ("train-latin1", "train.csv: not UTF-8 text"),
     ("test-latin1", "test.csv: not UTF-8 text"),
     ("train-dir", "is a directory; name a CSV file"),
-    ("test-inf", "infinite values in the query rows, column(s) b"),
-    ("train-inf", "infinite values in the context rows, column(s) a"),
+    ("test-inf", "infinite values in the test.csv query rows, column(s) b"),
+    ("train-inf", "infinite values in the train.csv context rows, column(s) a"),
 ])
 def test_predict_table_errors(tmp_path, venv_env, case, message):
     train, test = _table(tmp_path / "train.csv"), _table(tmp_path / "test.csv", seed=1)
@@ -229,7 +229,7 @@ def test_infinite_values_are_refused_alike_from_every_api(tmp_path):
     y = np.arange(20) % 2
     bad = X.copy()
     bad.loc[3, "b"] = np.inf
-    with pytest.raises(PredictionError, match=r"infinite values in the context rows, column\(s\) b"):
+    with pytest.raises(TableError, match=r"infinite values in the context rows, column\(s\) b"):
         encode_tables(bad, y, X)
     clf = MLLMClassifier(model=str(TINY_BASE_DIR))
     with pytest.raises(ValueError, match=r"infinite values in the X rows, column\(s\) b"):
@@ -237,9 +237,8 @@ def test_infinite_values_are_refused_alike_from_every_api(tmp_path):
     with pytest.raises(ValueError, match=r"infinite values in the X rows, column\(s\) 1"):
         clf.fit(bad.to_numpy(), y)
     bad.assign(label=y).to_csv(tmp_path / "t.csv", index=False)
-    Xc, yc = load_table(tmp_path / "t.csv")
-    with pytest.raises(PredictionError, match=r"infinite values in the context rows, column\(s\) b"):
-        encode_tables(Xc, yc, Xc)
+    with pytest.raises(TableError, match=r"infinite values in the t.csv context rows, column\(s\) b"):
+        load_table(tmp_path / "t.csv")
 
 
 def test_huge_values_do_not_collapse_a_column():

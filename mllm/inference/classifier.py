@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from mllm.core.params import MAX_CLASSES, MAX_QUERIES
 from mllm.inference import DEFAULT_MAX_QUERIES
-from mllm.inference.predict import check_finite
+from mllm.inference.table import check_finite
 from mllm.model.references import DEFAULT_REF, resolve
 
 _loaded: dict[str, tuple] = {}  # resolved model dir -> (model, tokenizer): clones share one copy

@@ -27,6 +27,7 @@ from mllm.core.errors import InputError
 from mllm.core.params import MAX_CLASSES
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.inference.retrieval import nearest_shots
+from mllm.inference.table import check_finite
 from mllm.inference.scoring import label_token_ids
 from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
@@ -46,16 +47,6 @@ class Encoded:
     shot_ids: np.ndarray  # (m,) label ids 0..K-1
     queries: np.ndarray  # (n, d) int codes
     labels: LabelMap
-
-
-def check_finite(table: pd.DataFrame, where: str) -> None:
-    """Infinite numbers are refused, naming their columns, whichever API brought them (a CSV's "inf", a
-    DataFrame, a numpy array): a missing value is an empty cell or NaN."""
-    numeric = table.select_dtypes("number")
-    bad = [str(c) for c in numeric.columns if np.isinf(numeric[c].to_numpy(dtype=np.float64, na_value=np.nan)).any()]
-    if bad:
-        raise PredictionError(f"infinite values in the {where} rows, column(s) {', '.join(bad[:5])}: give finite "
-                              "numbers, or leave the cells empty (NaN) for missing values")
 
 
 def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame) -> Encoded:

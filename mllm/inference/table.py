@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mllm.core.errors import InputError
@@ -12,6 +13,16 @@ from mllm.core.errors import InputError
 
 class TableError(InputError):
     """A table that cannot be evaluated; the message names the file and the problem."""
+
+
+def check_finite(table: pd.DataFrame, where: str) -> None:
+    """Infinite numbers are refused, naming their columns, whichever API brought them (a CSV's "inf", a
+    DataFrame, a numpy array): a missing value is an empty cell or NaN."""
+    numeric = table.select_dtypes("number")
+    bad = [str(c) for c in numeric.columns if np.isinf(numeric[c].to_numpy(dtype=np.float64, na_value=np.nan)).any()]
+    if bad:
+        raise TableError(f"infinite values in the {where} rows, column(s) {', '.join(bad[:5])}: give finite "
+                         "numbers, or leave the cells empty (NaN) for missing values")
 
 
 def _read(path: Path, **kw) -> pd.DataFrame:
@@ -51,7 +62,9 @@ def load_table(path: str | Path, label: str | None = None) -> tuple[pd.DataFrame
     y = read_labels(path, target)
     if y.isna().any():
         raise TableError(f"{path}: {int(y.isna().sum())} rows have no label (column {target!r})")
-    return coerce_numeric(df.drop(columns=[target])), y
+    X = coerce_numeric(df.drop(columns=[target]))
+    check_finite(X, f"{path.name} context")
+    return X, y
 
 
 def _names(columns, at_most: int = 8) -> str:
@@ -84,4 +97,6 @@ def read_queries(path: str | Path, columns: list[str], target: str) -> tuple[pd.
     if missing:
         raise TableError(f"{path}: missing the context's columns {missing[:5]}")
     truth = read_labels(path, target) if target in df.columns else None
-    return coerce_numeric(df[list(columns)]), truth
+    queries = coerce_numeric(df[list(columns)])
+    check_finite(queries, f"{path.name} query")
+    return queries, truth

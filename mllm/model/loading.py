@@ -124,6 +124,7 @@ def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if resume_adapter:
+        check_weights(Path(resume_adapter))
         return PeftModel.from_pretrained(model, resume_adapter, is_trainable=True)
     cfg = LoraConfig(
         r=mp.lora.r, lora_alpha=mp.lora.alpha, lora_dropout=mp.lora.dropout, bias="none",
