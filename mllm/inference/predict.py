@@ -439,27 +439,9 @@ class Predictor:
         head = self._ids(self._prefix_text(shots[:0], shot_ids[:0], k))
         costs = self._row_costs(shots, shot_ids)
         limit = self.cutoff_len or 10**9
-
-        def fits(shot_tokens: int, c: int) -> bool:
-            return len(head) + shot_tokens + self._chunk_tokens(queries[:c], k) <= limit
-
         # all shots with the largest chunk of queries that leaves room for them (the prefix cache makes
         # small chunks cheap); else nearest-neighbour shots per chunk of at most 10 queries
-        chunk = min(self.max_queries, queries.shape[0])
-        while chunk > 1 and not fits(int(costs.sum()), chunk):
-            chunk //= 2
-        fits_all = fits(int(costs.sum()), chunk)
-        if not fits_all:
-            need_min = int(np.sort(costs)[: self.min_shots].sum())
-            chunk = min(self.max_queries, queries.shape[0], 10)
-            while chunk > 1 and not fits(need_min, chunk):
-                chunk //= 2
-            if not fits(need_min, chunk):
-                raise PredictionError(
-                    f"the context ({shots.shape[0]} rows x {shots.shape[1]} features) does not fit the model's "
-                    f"{limit}-token window even with {min(self.min_shots, len(costs))} retrieved rows and one "
-                    "query row"
-                )
+        chunk, fits_all = self._chunk_size(shots, shot_ids, queries, k)
         cache = None
         if fits_all:
             prefix = self._ids(self._prefix_text(shots, shot_ids, k))
