@@ -105,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a faithful run in about a minute")
     ap.add_argument("--model", default=str(ROOT / "models" / "tiny-base"), help="trained model dir")
+    ap.add_argument("--only-large", action="store_true", help="only the large-table comparison (0)")
     args = ap.parse_args()
     model, tok = _model(args.model)
     # 200 test rows = 4 chunks of 50 sharing one cached prefix (one chunk alone: reported too)
@@ -113,10 +114,22 @@ def main() -> None:
     shots, seeds, max_test, max_tables = ([8, 32, 128], [0], 30, 3) if args.quick else ([8, 16, 32, 64, 128], [0, 1], 50, 30)
 
     big = large_table(model, tok, *((300, 300) if args.quick else (10**6, 1000)))
+    print(f"machine: {machine()}; model {args.model}")
+    if not args.only_large:
+        _report_curve_and_cache(model, tok, shots, seeds, max_test, max_tables, n_rows, repeats)
+    print(f"large table (heloc, 128-row context, shot retrieval): batched {big['batched'] * 1000:.1f} ms/row over "
+          f"{big['rows']} rows (accuracy {big['batched_accuracy']:.3f}; {big['batched_stats']['prefixes']} prefixes), "
+          f"previous path {big['previous'] * 1000:.1f} ms/row over the first {big['previous_rows']} "
+          f"(accuracy {big['previous_accuracy']:.3f} vs batched {big['batched_accuracy_shared']:.3f} on those rows; "
+          f"{big['previous_stats']['sequences']} prefixes)")
+    print(f"large-table prediction, batched blocks vs the previous per-chunk path ({big['rows']} rows): ratio "
+          f"{big['previous'] / big['batched']:.1f}")
+
+
+def _report_curve_and_cache(model, tok, shots, seeds, max_test, max_tables, n_rows, repeats) -> None:
     curve, used = learning_curve(model, tok, shots, seeds, max_test, max_tables)
     sp = speed(model, tok, n_rows, repeats)
     one = speed(model, tok, 50, repeats)
-    print(f"machine: {machine()}; model {args.model}")
     print(f"learning curve: mean accuracy over {len(used)} tables ({', '.join(used)}), "
           f"{len(seeds)} seed(s), up to {max_test} test rows each")
     table = curve.groupby(["shots", "model"]).accuracy.mean().unstack("model")
@@ -127,13 +140,6 @@ def main() -> None:
           f"one query per prompt {sp['one_per_prompt'] * 1000:.1f} ms")
     print(f"prefix cache + 50 queries per sequence vs one query per prompt ({n_rows} rows): ratio "
           f"{sp['one_per_prompt'] / sp['cached_50']:.1f}")
-    print(f"large table (heloc, 128-row context, shot retrieval): batched {big['batched'] * 1000:.1f} ms/row over "
-          f"{big['rows']} rows (accuracy {big['batched_accuracy']:.3f}; {big['batched_stats']['prefixes']} prefixes), "
-          f"previous path {big['previous'] * 1000:.1f} ms/row over the first {big['previous_rows']} "
-          f"(accuracy {big['previous_accuracy']:.3f} vs batched {big['batched_accuracy_shared']:.3f} on those rows; "
-          f"{big['previous_stats']['sequences']} prefixes)")
-    print(f"large-table prediction, batched blocks vs the previous per-chunk path ({big['rows']} rows): ratio "
-          f"{big['previous'] / big['batched']:.1f}")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,11 @@ def test_retrieval_when_the_context_does_not_fit(tok, model):
     blocks = bat.plan(enc)
     groups = {b.group for b in blocks}
     assert len(groups) >= 2 and all(0 < len(b.shots) < 400 for b in blocks)
+    chunk = max(len(c) for b in blocks for c in b.chunks)
+    for g in groups:  # no more query rows in a group than shots it gets (beyond one chunk): not diluted
+        rows = sum(len(b.rows) for b in blocks if b.group == g)
+        shots = next(len(b.shots) for b in blocks if b.group == g)
+        assert rows <= max(shots, chunk) * 2, (rows, shots)
     assert sorted(np.concatenate([b.rows for b in blocks]).tolist()) == list(range(200))
     probs = bat.predict_proba_encoded(enc)
     assert bat.stats["prefixes"] == len(groups)  # one prefix per group, however many chunks it has

@@ -8,8 +8,9 @@ query, so the output always parses and every row gets a full probability vector.
 
 The work is planned as blocks (``Predictor.plan``): chunks that share the same shot rows. A context that
 fits the window is one group of shots for every chunk; for one that does not, the queries are split into
-groups of about ``GROUP_CHUNKS`` chunks of similar rows (k-means on the codes) and each group gets the
-context rows nearest its queries, so queries that share shots share one prefix. The prefix (system + data header + shot rows) runs once per group, and a block answers
+groups of similar rows (k-means on the codes), each about as many rows as the window holds shots (at most
+``GROUP_CHUNKS`` chunks), and each group gets the context rows nearest its queries, so queries that share
+shots share one prefix without diluting them. The prefix (system + data header + shot rows) runs once per group, and a block answers
 up to ``batch`` chunks side by side in one static KV cache (one forward pass per answer position for the
 whole block). Blocks are independent and deterministic, which is what lets a long run write its results
 block by block and resume after an interruption (``mllm.inference.job``).
@@ -32,9 +33,14 @@ from mllm.inference.scoring import label_token_ids
 from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
 
-# Chunks per group of similar queries when the context needs shot retrieval: the group's prefix (its
-# retrieved shots, most of the window) is computed once for about this many chunks.
+# Chunks per group of similar queries when the context needs shot retrieval, at most: the group's prefix
+# (its retrieved shots, most of the window) is computed once for them all. Fewer when the window holds few
+# shots: a group has no more query rows than the shots it gets (more dilutes each row's neighbours: digits
+# at 128 shots lost 9 points with groups of 4 chunks, none with 2).
 GROUP_CHUNKS = 4
+# Blocks of fewer chunks are answered one chunk at a time by Jacobi iteration on the group's prefix cache
+# (2-3 passes a chunk instead of one pass per query: cheaper when there are few chunks side by side).
+MIN_BATCH = 4
 
 
 class PredictionError(InputError):
@@ -109,8 +115,9 @@ class Predictor:
     """Label probabilities from a causal LM and its tokenizer (see module docstring).
 
     ``decode="batched"`` (default) answers the chunks of a block side by side: one forward pass per answer
-    position for up to ``batch`` chunks (None: as many as ``kv_budget_mb`` of KV cache holds, at most 32),
-    each position's label the most likely one given the labels before it (greedy, as written below).
+    position for up to ``batch`` chunks (None: as many as ``kv_budget_mb`` of KV cache holds, at most 32,
+    and a block of fewer than ``MIN_BATCH`` chunks one chunk at a time by Jacobi iteration), each
+    position's label the most likely one given the labels before it (greedy, as written below).
     The per-chunk decoders answer one chunk at a time, each chunk with its own retrieved shots when the
     context does not fit: ``"parallel"`` finds the same greedy answer by Jacobi iteration (the labels of
     ``items_per_pass`` items scored in one pass given guessed earlier labels; items up to the first changed
@@ -140,7 +147,7 @@ class Predictor:
         self.stats = {"sequences": 0, "retrieval_chunks": 0, "passes": 0, "prefixes": 0}
         forward = getattr(model, "get_base_model", lambda: model)().forward
         self._cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-        self._prefixes: dict[tuple[int, int], tuple[int, list]] = {}  # (group, member) -> (length, per-layer KV)
+        self._prefixes: dict[tuple[int, int], tuple] = {}  # (group, member) -> (length, per-layer KV, cache)
         self._prefix_owner: Encoded | None = None  # the tables those prefixes belong to
         self._static = None  # (owner, StaticCache, prefix KV, length) of the last block, reused by the next
 
@@ -330,7 +337,9 @@ class Predictor:
             head = len(self._ids(self._prefix_text(enc.shots[:0], enc.shot_ids[:0], k)))
             costs = self._row_costs(enc.shots, enc.shot_ids)
             groups = []
-            for rows in self._query_groups(enc.queries, chunk * GROUP_CHUNKS):
+            fit = (self.cutoff_len - head - self._chunk_tokens(enc.queries[:chunk], k)) // max(int(np.median(costs)), 1)
+            per_group = max(1, min(GROUP_CHUNKS, fit // chunk))
+            for rows in self._query_groups(enc.queries, chunk * per_group):
                 widest = max(self._chunk_tokens(enc.queries[rows[i:i + chunk]], k) for i in range(0, len(rows), chunk))
                 groups.append((nearest_shots(enc.shots, enc.queries[rows], costs, self.cutoff_len - head - widest), rows))
         blocks = []
@@ -369,10 +378,14 @@ class Predictor:
             if (block.group, v) not in self._prefixes:
                 prefix = self._ids(self._prefix_text(enc.shots[order][:, cols], enc.shot_ids[order], k))
                 cache = self._run_prefix(prefix)
-                self._prefixes[(block.group, v)] = (len(prefix), [(lay.keys, lay.values) for lay in cache.layers])
-            length, kv = self._prefixes[(block.group, v)]
+                self._prefixes[(block.group, v)] = (len(prefix), [(lay.keys, lay.values) for lay in cache.layers], cache)
+            length, kv, cache = self._prefixes[(block.group, v)]
             queries = [enc.queries[c][:, cols] for c in block.chunks]
-            total += np.concatenate(self._score_batch(length, kv, queries, cand))
+            if self.batch is None and len(queries) < MIN_BATCH:
+                guess = int(np.bincount(enc.shot_ids[block.shots], minlength=k).argmax())
+                total += np.concatenate([self._score_chunk(cache, length, q, cand, guess) for q in queries])
+            else:
+                total += np.concatenate(self._score_batch(length, kv, queries, cand))
         return total / self.n_ensemble
 
     def _score_batch(self, prefix_len: int, prefix_kv: list, chunks: list[np.ndarray], cand: list[int]) -> list[np.ndarray]:
