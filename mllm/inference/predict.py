@@ -38,9 +38,9 @@ from mllm.text.encoding import LabelMap, ordinal_encode, quantise
 # shots: a group has no more query rows than the shots it gets (more dilutes each row's neighbours: digits
 # at 128 shots lost 9 points with groups of 4 chunks, none with 2).
 GROUP_CHUNKS = 4
-# Blocks of fewer chunks are answered one chunk at a time by Jacobi iteration on the group's prefix cache
-# (2-3 passes a chunk instead of one pass per query: cheaper when there are few chunks side by side).
-MIN_BATCH = 4
+# Jacobi iteration takes about this many passes per chunk; a block with fewer chunks than its queries per
+# chunk / this is answered one chunk at a time that way (side by side it takes one pass per query).
+JACOBI_PASSES = 3
 
 
 class PredictionError(InputError):
@@ -116,7 +116,7 @@ class Predictor:
 
     ``decode="batched"`` (default) answers the chunks of a block side by side: one forward pass per answer
     position for up to ``batch`` chunks (None: as many as ``kv_budget_mb`` of KV cache holds, at most 32,
-    and a block of fewer than ``MIN_BATCH`` chunks one chunk at a time by Jacobi iteration), each
+    and a block of few chunks for its queries per chunk one chunk at a time by Jacobi iteration), each
     position's label the most likely one given the labels before it (greedy, as written below).
     The per-chunk decoders answer one chunk at a time, each chunk with its own retrieved shots when the
     context does not fit: ``"parallel"`` finds the same greedy answer by Jacobi iteration (the labels of
@@ -381,7 +381,7 @@ class Predictor:
                 self._prefixes[(block.group, v)] = (len(prefix), [(lay.keys, lay.values) for lay in cache.layers], cache)
             length, kv, cache = self._prefixes[(block.group, v)]
             queries = [enc.queries[c][:, cols] for c in block.chunks]
-            if self.batch is None and len(queries) < MIN_BATCH:
+            if self.batch is None and len(queries) * JACOBI_PASSES < max(len(q) for q in queries):
                 guess = int(np.bincount(enc.shot_ids[block.shots], minlength=k).argmax())
                 total += np.concatenate([self._score_chunk(cache, length, q, cand, guess) for q in queries])
             else:
