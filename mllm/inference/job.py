@@ -106,8 +106,12 @@ def predict_table(pred: Predictor, X: pd.DataFrame, y, queries: pd.DataFrame, ou
                 fh.write(f"# {FORMAT} {key}\n" + ",".join(["row", *columns]) + "\n")
     have = set() if done is None else set(done.index.tolist())
     blocks = [b for b in pred.plan(enc) if not set(b.rows.tolist()) <= have]
+    try:  # a terminal that reports no width (a bare pty) still gets a bar
+        width = os.get_terminal_size(sys.stderr.fileno()).columns or 100
+    except (OSError, ValueError):
+        width = 100
     bar = tqdm(total=n, initial=n - sum(len(b.rows) for b in blocks), unit="row", desc="predict",
-               disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
+               disable=None if progress is None else not progress, file=sys.stderr, ncols=width)
     results = []
     with bar:
         for block in blocks:
