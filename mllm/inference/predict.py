@@ -10,9 +10,9 @@ The work is planned as blocks (``Predictor.plan``): chunks that share the same s
 fits the window is one group of shots for every chunk; for one that does not, the queries are split into
 groups of similar rows (k-means on the codes), each about as many rows as the window holds shots (at most
 ``GROUP_CHUNKS`` chunks), and each group gets the context rows nearest its queries, so queries that share
-shots share one prefix without diluting them. The prefix (system + data header + shot rows) runs once per group, and a block answers
-up to ``batch`` chunks side by side in one static KV cache (one forward pass per answer position for the
-whole block). Blocks are independent and deterministic, which is what lets a long run write its results
+shots share one prefix without diluting them. The prefix (system + data header + shot rows) runs once per
+group, and a block answers up to ``batch`` chunks side by side in one static KV cache (one forward pass per
+answer position for the whole block). Blocks are independent and deterministic, which is what lets a long run write its results
 block by block and resume after an interruption (``mllm.inference.job``).
 """
 
@@ -289,10 +289,9 @@ class Predictor:
 
     # -- batched decoding: plan blocks, answer a block -------------------------------------------
 
-    def _chunk_size(self, shots, shot_ids, queries, k) -> tuple[int, bool]:
-        """(query rows per chunk, whether the whole context fits beside such a chunk)."""
-        head = len(self._ids(self._prefix_text(shots[:0], shot_ids[:0], k)))
-        costs = self._row_costs(shots, shot_ids)
+    def _chunk_size(self, head: int, costs: np.ndarray, queries, k) -> tuple[int, bool]:
+        """(query rows per chunk, whether the whole context fits beside such a chunk), given the prompt's
+        ``head`` tokens and each shot row's token ``costs``."""
         limit = self.cutoff_len or 10**9
 
         def fits(shot_tokens: int, c: int) -> bool:
@@ -309,7 +308,7 @@ class Predictor:
             chunk //= 2
         if not fits(need_min, chunk):
             raise PredictionError(
-                f"the context ({shots.shape[0]} rows x {shots.shape[1]} features) does not fit the model's "
+                f"the context ({len(costs)} rows x {queries.shape[1]} features) does not fit the model's "
                 f"{limit}-token window even with {min(self.min_shots, len(costs))} retrieved rows and one query row"
             )
         return chunk, False
@@ -330,23 +329,21 @@ class Predictor:
         """The blocks of work for ``enc``, in order; deterministic, and the same for every ensemble member
         (row and column permutations change neither token counts nor distances)."""
         k, n = enc.labels.n_classes, enc.queries.shape[0]
-        chunk, fits_all = self._chunk_size(enc.shots, enc.shot_ids, enc.queries, k)
+        head = len(self._ids(self._prefix_text(enc.shots[:0], enc.shot_ids[:0], k)))
+        costs = self._row_costs(enc.shots, enc.shot_ids)
+        chunk, fits_all = self._chunk_size(head, costs, enc.queries, k)
         if fits_all:
             groups = [(np.arange(enc.shots.shape[0]), np.arange(n))]
         else:
-            head = len(self._ids(self._prefix_text(enc.shots[:0], enc.shot_ids[:0], k)))
-            costs = self._row_costs(enc.shots, enc.shot_ids)
             groups = []
             fit = (self.cutoff_len - head - self._chunk_tokens(enc.queries[:chunk], k)) // max(int(np.median(costs)), 1)
             per_group = max(1, min(GROUP_CHUNKS, fit // chunk))
             for rows in self._query_groups(enc.queries, chunk * per_group):
                 widest = max(self._chunk_tokens(enc.queries[rows[i:i + chunk]], k) for i in range(0, len(rows), chunk))
                 groups.append((nearest_shots(enc.shots, enc.queries[rows], costs, self.cutoff_len - head - widest), rows))
-        blocks = []
+        blocks, b = [], self._batch_size(self.cutoff_len or 4096)
         for g, (shots, rows) in enumerate(groups):
             chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
-            tokens = self.cutoff_len or 4096
-            b = self._batch_size(tokens)
             blocks += [Block(g, shots, tuple(chunks[i:i + b])) for i in range(0, len(chunks), b)]
         return blocks
 
@@ -454,7 +451,7 @@ class Predictor:
         limit = self.cutoff_len or 10**9
         # all shots with the largest chunk of queries that leaves room for them (the prefix cache makes
         # small chunks cheap); else nearest-neighbour shots per chunk of at most 10 queries
-        chunk, fits_all = self._chunk_size(shots, shot_ids, queries, k)
+        chunk, fits_all = self._chunk_size(len(head), costs, queries, k)
         cache = None
         if fits_all:
             prefix = self._ids(self._prefix_text(shots, shot_ids, k))
