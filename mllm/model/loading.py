@@ -177,10 +177,9 @@ def load_trained(path: str | Path):
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise ModelError(f"the adapter in {path} does not name its base model (base_model_name_or_path)")
+        check_weights(path)  # first: it says why when there is no safetensors file at all (pickled weights)
         if not (path / "adapter_model.safetensors").is_file():
-            check_weights(path)  # says why: pickled weights only, or none
             raise ModelError(f"the adapter in {path} has no adapter_model.safetensors")
-        check_weights(path)
         try:
             model = _from_local(resolve_base(base))
         except ModelError:
