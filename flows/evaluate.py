@@ -14,9 +14,9 @@ from prefect.runtime import flow_run
 from mllm.core import tracking
 from mllm.core.atomic import atomic_dir, write_json_atomic
 from mllm.core.params import load_params
-from mllm.evaluation.models import in_context, models_to_evaluate
+from mllm.evaluation.models import in_context, models_to_evaluate, release_memory
 from mllm.evaluation.plots import write_curve_csv, write_pngs
-from mllm.evaluation.suite import baseline, evaluate_dataset, load_suite, suite_id, summarise
+from mllm.evaluation.suite import baseline, evaluate_dataset, in_table_order, load_suite, suite_id, summarise
 
 RESULTS = "results.csv"
 
@@ -38,12 +38,15 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
         logger.warning("skipping table %s: %s", name, why)
     refs, champion_version = models_to_evaluate(params, model)
     logger.info("evaluating %s on %d tables, shots %s, seeds %s", ", ".join(refs), len(tables), ep.shots, ep.seeds)
-    fns = {name: in_context(path, ep, params.seed) for name, path in refs.items()}
-    fns.update({b: baseline(b, params.seed) for b in ep.baselines})
     t0 = time.perf_counter()
-    rows = []
-    for name, (X, y) in tables.items():
-        rows += evaluate_table(name, X, y, fns, ep.shots, ep.seeds, ep.max_test)
+    rows, names = [], [*refs, *ep.baselines]
+    for model_name in names:  # one in-context model in memory at a time
+        fn = in_context(refs[model_name], ep, params.seed) if model_name in refs else baseline(model_name, params.seed)
+        for name, (X, y) in tables.items():
+            rows += evaluate_table(name, X, y, {model_name: fn}, ep.shots, ep.seeds, ep.max_test)
+        del fn
+        release_memory()
+    rows = in_table_order(rows, list(tables), names, ep.shots, ep.seeds)
     seconds = time.perf_counter() - t0
     summary = summarise(rows, skipped, suite_id(ep, list(tables)))
     summary["models"] = refs

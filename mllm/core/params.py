@@ -174,6 +174,8 @@ class ModelParams(_Strict):
     lora: LoraParams
     tiny: TinyModelParams
     trust_remote_code: bool
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        description="the frozen weights' dtype: auto = bfloat16 on a GPU that has it, else float32")
 
     @model_validator(mode="after")
     def _scratch_is_full(self) -> ModelParams:

@@ -19,6 +19,17 @@ def in_context(ref: str, ep: EvaluateParams, seed: int) -> PredictFn:
     return pred.predict_proba
 
 
+def release_memory() -> None:
+    """Give back what a dropped model held, so that the next one loads into it (GPU memory above all)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def models_to_evaluate(params: Params, model_dir: str) -> tuple[dict[str, str], str | None]:
     """name -> model reference: ``trained`` (its directory), its ``base`` (as params name it) and the
     registry's ``champion`` (``models:/<name>/<version>``, when it exists and is not the same weights); plus

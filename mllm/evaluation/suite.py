@@ -142,6 +142,15 @@ def evaluate_dataset(name: str, X: pd.DataFrame, y: pd.Series, models: dict[str,
     return rows
 
 
+def in_table_order(rows: list[dict], tables: list[str], models: list[str], shots: list[int],
+                   seeds: list[int]) -> list[dict]:
+    """Rows computed model by model, in the order ``evaluate_dataset`` gives them for all models at once
+    (table, shots, seed, model): the results file does not depend on the order of the work."""
+    order = [{v: i for i, v in enumerate(vals)} for vals in (tables, shots, seeds, models)]
+    keys = ("dataset", "shots", "seed", "model")
+    return sorted(rows, key=lambda r: tuple(o[r[k]] for o, k in zip(order, keys, strict=True)))
+
+
 def load_suite(ep: EvaluateParams) -> tuple[dict[str, tuple[pd.DataFrame, pd.Series]], dict[str, str]]:
     """The evaluation tables named by params, checked before any model runs. Tables the in-context model
     cannot take (more than 10 classes, a single class) are skipped with the reason; an unreadable CSV is an

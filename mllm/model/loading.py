@@ -74,29 +74,50 @@ def resolve_base(base: str) -> str:
     return base
 
 
-def _from_local(name: str, trust_remote_code: bool = False):
-    """A causal LM from a local dir or the local HF cache: safetensors only, fp32, nothing downloaded."""
+def pick_device(device: str | None = None) -> str:
+    """The device models run on: the one asked for, else the first GPU when there is one, else the CPU."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str, device: str):
+    """``model.dtype`` as a torch dtype: ``auto`` is bfloat16 on a GPU that computes in it, else float32
+    (a CPU without native bf16 emulates it far slower, and the compiled tiny base needs fp32 precision)."""
+    import torch
+
+    if name == "auto":
+        cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def _from_local(name: str, trust_remote_code: bool = False, dtype=None):
+    """A causal LM from a local dir or the local HF cache: safetensors only, loaded straight into ``dtype``
+    (default float32; never a float32 copy of bf16 weights), nothing downloaded."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if Path(name).is_dir():
         check_weights(Path(name))
     return AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True,
-                                                trust_remote_code=trust_remote_code, dtype=torch.float32)
+                                                trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
 
 
-def load_base(mp: ModelParams, tokenizer, seed: int):
-    """The base causal LM: ``scratch`` (random init of the tiny config), ``tiny``, a path or a hub id."""
+def load_base(mp: ModelParams, tokenizer, seed: int, device: str | None = None):
+    """The base causal LM: ``scratch`` (random init of the tiny config), ``tiny``, a path or a hub id; in
+    ``model.dtype`` for ``device`` (where it will train; it is left on the CPU for the caller to place)."""
     import torch
 
+    dtype = resolve_dtype(mp.dtype, pick_device(device))
     if mp.base == "scratch":
         from transformers import Qwen2ForCausalLM
 
         torch.manual_seed(seed)
-        return Qwen2ForCausalLM(tiny_config(mp, tokenizer))
+        return Qwen2ForCausalLM(tiny_config(mp, tokenizer)).to(dtype)
     name = resolve_base(mp.base)
     try:
-        model = _from_local(name, trust_remote_code=mp.trust_remote_code)
+        model = _from_local(name, trust_remote_code=mp.trust_remote_code, dtype=dtype)
     except (OSError, ValueError) as err:
         raise ModelError(f"model.base {mp.base!r} cannot be loaded from local files (nothing is downloaded): {err}") from None
     # An adapter records its base as params name it ('tiny', not this checkout's absolute path), so the
@@ -137,12 +158,13 @@ def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
                          f"{mp.base!r}: {err}") from None
 
 
-def save_trained(model, out: Path) -> None:
-    """Save a trained model (full, or a LoRA adapter without its base) as safetensors into ``out``."""
+def save_trained(model, out: Path, state_dict: dict | None = None) -> None:
+    """Save a trained model (full, or a LoRA adapter without its base) as safetensors into ``out``; with
+    ``state_dict``, those weights (the whole tensors of a sharded model) instead of the module's own."""
     from peft import PeftModel
 
     if not isinstance(model, PeftModel):
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
         return
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.constants import EMBEDDING_LAYER_NAMES
@@ -156,19 +178,26 @@ def save_trained(model, out: Path) -> None:
         # peft keeps 'all-linear' resolved as a set, written in hash-seed order: sorted, the bytes are the same
         if isinstance(cfg.target_modules, set):
             cfg.target_modules = sorted(cfg.target_modules)
-    model.save_pretrained(out, safe_serialization=True, save_embedding_layers=adapted)
+    model.save_pretrained(out, safe_serialization=True, save_embedding_layers=adapted, state_dict=state_dict)
 
 
-def load_trained_with_tokenizer(path: str | Path):
+def load_trained_with_tokenizer(path: str | Path, device: str | None = None, dtype: str = "auto"):
     """(model, tokenizer) of a trained model directory: what every prediction entry point needs."""
     from mllm.text.tokenizer import load_tokenizer
 
-    return load_trained(path), load_tokenizer(path)
+    return load_trained(path, device, dtype), load_tokenizer(path)
 
 
-def load_trained(path: str | Path):
-    """A trained model directory (``data/train/model``): a full model, or a LoRA adapter on its base."""
-    path = Path(path)
+def load_trained(path: str | Path, device: str | None = None, dtype: str = "auto"):
+    """A trained model directory (``data/train/model``): a full model, or a LoRA adapter merged into its
+    base; on ``device`` (default: a GPU when there is one) in ``dtype`` (``auto``: bf16 on a GPU that has it,
+    else fp32), in eval mode."""
+    device = pick_device(device)
+    model = _load_trained(Path(path), resolve_dtype(dtype, device))
+    return model.to(device).eval()
+
+
+def _load_trained(path: Path, dtype):
     if (path / "adapter_config.json").is_file():
         import json
 
@@ -181,7 +210,7 @@ def load_trained(path: str | Path):
         if not (path / "adapter_model.safetensors").is_file():
             raise ModelError(f"the adapter in {path} has no adapter_model.safetensors")
         try:
-            model = _from_local(resolve_base(base))
+            model = _from_local(resolve_base(base), dtype=dtype)
         except ModelError:
             raise
         except (OSError, ValueError) as err:
@@ -191,7 +220,7 @@ def load_trained(path: str | Path):
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
     try:
-        return _from_local(str(path))
+        return _from_local(str(path), dtype=dtype)
     except ModelError:
         raise
     except (OSError, ValueError) as err:

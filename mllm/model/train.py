@@ -23,10 +23,12 @@ import numpy as np
 from mllm.core.atomic import write_json_atomic
 from mllm.core.errors import InputError
 from mllm.core.params import Params
-from mllm.model.training_data import CorpusDataset, collate, corpus_lengths
+from mllm.model.training_data import IGNORE, CorpusDataset, collate, corpus_lengths
 
 # The train stage's output directory: checkpoints, the final model, its summary, and the MLflow run id.
 CHECKPOINTS, FINAL, STATE, SUMMARY = "checkpoints", "model", "state.json", "train_summary.json"
+# Memory-mapped Arrow copies of the corpus shards that the ranks read from.
+CACHE = "corpus-cache"
 RUN_FILE = "mlflow_run.json"
 # Fault-injection knob for the kill-and-resume test: seconds to sleep after every optimizer step.
 STEP_DELAY = float(os.environ.get("MLLM_TRAIN_STEP_DELAY", "0") or 0)
@@ -100,6 +102,37 @@ def _latest_checkpoint(out_dir: Path, fp: str) -> tuple[Path, dict] | None:
     return out_dir / CHECKPOINTS / info["dir"], info
 
 
+def stage_steps(params: Params, sizes: dict[str, int], num_processes: int) -> list[int]:
+    """Optimizer steps of each stage: its examples shared by ``num_processes`` ranks (each gets the same
+    number of micro-batches), ``epochs`` passes, ``grad_accum`` micro-batches a step, capped by ``max_steps``."""
+    tp, steps = params.train, []
+    for stage in tp.stages:
+        n = sizes[stage.corpus] if stage.max_examples is None else min(sizes[stage.corpus], stage.max_examples)
+        micro_per_epoch = math.ceil(n / (tp.batch_size * num_processes))
+        s = max(1, math.floor(micro_per_epoch * stage.epochs / tp.grad_accum))
+        steps.append(min(s, stage.max_steps) if stage.max_steps else s)
+    return steps
+
+
+def curriculum_lr(params: Params, steps: list[int]) -> Callable[[int], float]:
+    """The learning rate of global optimizer step ``g`` (0-based, counted over every stage): each stage
+    its own linear warm-up (``train.warmup_ratio`` of its steps) and cosine decay from its ``lr`` to 0, as
+    transformers' ``get_cosine_schedule_with_warmup`` over that stage alone."""
+    offsets = np.cumsum([0, *steps])
+
+    def lr(g: int) -> float:
+        si = min(int(np.searchsorted(offsets, g, side="right")) - 1, len(steps) - 1)
+        step, total = g - int(offsets[si]), steps[si]
+        warmup = math.ceil(params.train.warmup_ratio * total)
+        if step < warmup:
+            factor = step / max(1, warmup)
+        else:
+            factor = max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+        return params.train.stages[si].lr * factor
+
+    return lr
+
+
 def run_training(
     params: Params,
     corpus_dir: str | Path,
@@ -112,12 +145,17 @@ def run_training(
     """Train; returns a summary (steps, tokens, final loss, processes). ``log(metrics, step)`` is called on
     the main process after every ``train.log_every`` optimizer steps. With ``time_budget_s`` the run stops at
     the first optimizer step past the budget, checkpoints, and exports the weights so far (``complete`` is
-    then false in the summary); the next run resumes from there, so a long profile runs as many sessions."""
+    then false in the summary); the next run resumes from there, so a long profile runs as many sessions.
+
+    One optimizer and one scheduler serve the whole curriculum, prepared once with the model and the first
+    dataloader (as FSDP2 and DeepSpeed require): the scheduler holds every stage's schedule over global
+    steps and is stepped once per optimizer step whatever the number of processes; each stage starts with
+    fresh optimizer moments, as a new optimizer would."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+    from torch.optim.lr_scheduler import LambdaLR
     from torch.utils.data import DataLoader
-    from transformers import get_cosine_schedule_with_warmup
 
     from mllm.model.loading import add_adapter, load_base, save_trained
     from mllm.text.tokenizer import load_tokenizer, save_tokenizer
@@ -128,10 +166,13 @@ def run_training(
         cpu=not torch.cuda.is_available(),
         mixed_precision=_mixed_precision(tp.mixed_precision),
         gradient_accumulation_steps=tp.grad_accum,
+        step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step (not once per rank)
     )
     set_seed(params.seed)
-    base = load_base(params.model, tokenizer, params.seed)
+    base = load_base(params.model, tokenizer, params.seed, device=str(accelerator.device))
     sizes = check_corpus(params, corpus_dir, getattr(base.config, "max_position_embeddings", None))
+    steps_of = stage_steps(params, sizes, accelerator.num_processes)
+    offsets = np.cumsum([0, *steps_of]).tolist()
 
     fp = fingerprint(params, corpus_dir)
     ckpt = _latest_checkpoint(out_dir, fp) if resume else None
@@ -142,34 +183,38 @@ def run_training(
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-    model = accelerator.prepare(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
     start_stage, start_step = (ckpt[1]["stage"], ckpt[1]["step"]) if ckpt else (0, 0)
-    if ckpt and start_step == 0 and start_stage > 0:  # at a stage boundary: weights only
-        _load_weights(accelerator, model, ckpt[0])
-    total_tokens, steps_this_run, last_loss, out_of_time = 0, 0, float("nan"), False
     completed = start_stage >= len(tp.stages)
+
+    def loader(si: int):
+        stage = tp.stages[si]
+        ds = CorpusDataset(corpus_paths(corpus_dir, stage.corpus), tokenizer, tp.shot_label_loss,
+                           seed=params.seed + si, max_examples=stage.max_examples, answer_loss=tp.answer_loss,
+                           cache_dir=out_dir / CACHE, accelerator=accelerator)
+        return DataLoader(ds, batch_size=tp.batch_size, shuffle=False, num_workers=0,
+                          collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1.0, weight_decay=tp.weight_decay)  # LambdaLR sets the lr
+    scheduler = LambdaLR(optimizer, curriculum_lr(params, steps_of))
+    first_dl = loader(min(start_stage, len(tp.stages) - 1))
+    model, optimizer, first_dl, scheduler = accelerator.prepare(model, optimizer, first_dl, scheduler)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    _register_trainable_checkpointing(accelerator)
+    if ckpt:
+        accelerator.load_state(str(ckpt[0]))
+
+    total_tokens, steps_this_run, last_loss, out_of_time = 0, 0, float("nan"), False
     t_start = time.perf_counter()
     history = []
     for si, stage in enumerate(tp.stages):
         if si < start_stage:
             continue
-        ds = CorpusDataset(corpus_paths(corpus_dir, stage.corpus), tokenizer, tp.shot_label_loss,
-                           seed=params.seed + si, max_examples=stage.max_examples, answer_loss=tp.answer_loss)
-        dl = DataLoader(ds, batch_size=tp.batch_size, shuffle=False, num_workers=0,
-                        collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
-        optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=tp.weight_decay)
-        micro_per_epoch = math.ceil(len(ds) / (tp.batch_size * accelerator.num_processes))
-        steps = max(1, math.floor(micro_per_epoch * stage.epochs / tp.grad_accum))
-        if stage.max_steps:
-            steps = min(steps, stage.max_steps)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(tp.warmup_ratio * steps), steps)
-        optimizer, dl, scheduler = accelerator.prepare(optimizer, dl, scheduler)
-        step = 0
-        if ckpt and si == start_stage and start_step > 0:
-            accelerator.load_state(str(ckpt[0]))
-            step = start_step
+        dl = first_dl if si == min(start_stage, len(tp.stages) - 1) else accelerator.prepare(loader(si))
+        steps = steps_of[si]
+        step = start_step if si == start_stage else 0
+        if step == 0:
+            _reset_optimizer_state(optimizer)  # a stage starts with fresh moments, as a new AdamW would
         micro_done = step * tp.grad_accum
         epoch = micro_done // max(1, len(dl))
         skip = micro_done % max(1, len(dl))
@@ -177,16 +222,18 @@ def run_training(
         window_loss, window_tokens, t_window = [], 0, time.perf_counter()
         while step < steps:
             torch.manual_seed(params.seed + si * 100_003 + epoch)  # dropout etc. per epoch, resumable
-            loader = accelerator.skip_first_batches(dl, skip) if skip else dl
+            batches = accelerator.skip_first_batches(dl, skip) if skip else dl
             skip = 0
-            for batch in loader:
+            for batch in batches:
+                lr = optimizer.param_groups[0]["lr"]
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = causal_lm_loss(model, batch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(trainable, tp.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                        scheduler.step()
                     optimizer.zero_grad()
                 n_tok = int(batch["attention_mask"].sum())
                 window_tokens += n_tok
@@ -200,10 +247,10 @@ def run_training(
                 last_loss = float(np.mean(window_loss))
                 dt = time.perf_counter() - t_window
                 if log and accelerator.is_main_process and step % tp.log_every == 0:
-                    log({f"{stage.name}/loss": last_loss, f"{stage.name}/lr": scheduler.get_last_lr()[0],
+                    log({f"{stage.name}/loss": last_loss, f"{stage.name}/lr": lr,
                          "tokens_per_s": tokens / dt if dt > 0 else 0.0, "loss": last_loss},
                         _global_step(si, step))
-                history.append({"stage": stage.name, "step": step, "loss": last_loss})
+                history.append({"stage": stage.name, "step": step, "loss": last_loss, "lr": lr})
                 window_loss, window_tokens, t_window = [], 0, time.perf_counter()
                 if STEP_DELAY:
                     time.sleep(STEP_DELAY)
@@ -218,6 +265,9 @@ def run_training(
                 break
         if step < steps:  # out of time mid-stage
             break
+        if scheduler.scheduler.last_epoch != offsets[si + 1]:
+            raise RuntimeError(f"stage {stage.name!r} ended at scheduler step {scheduler.scheduler.last_epoch}, "
+                               f"not {offsets[si + 1]}")
         _save_checkpoint(accelerator, out_dir, si + 1, 0, fp)  # stage done: the next one starts from here
         completed = si == len(tp.stages) - 1
         if out_of_time:
@@ -233,6 +283,7 @@ def run_training(
         "ranks_seen": sorted(int(r) for r in ranks.tolist()),
         "mixed_precision": accelerator.mixed_precision,
         "stages": [s.name for s in tp.stages],
+        "stage_steps": steps_of,
         "corpus_sizes": sizes,
         "steps_this_run": steps_this_run,
         "tokens_this_run": total_tokens,
@@ -241,17 +292,42 @@ def run_training(
         "trainable_params": int(sum(p.numel() for p in trainable)),
         "total_params": int(sum(p.numel() for p in accelerator.unwrap_model(model).parameters())),
     }
+    state = accelerator.get_state_dict(model)  # on every rank: FSDP gathers its shards into whole tensors
     if accelerator.is_main_process:
         final = out_dir / FINAL
         shutil.rmtree(final, ignore_errors=True)
-        save_trained(accelerator.unwrap_model(model), final)
+        save_trained(accelerator.unwrap_model(model), final, state_dict=state)
         save_tokenizer(tokenizer, final)
         (final / "mllm_model.json").write_text(json.dumps({
             "base": params.model.base, "adapter": params.model.adapter, "tokenizer": tokenizer_path,
         }, indent=2) + "\n")
         write_json_atomic(out_dir / SUMMARY, {**summary, "history": history})
     accelerator.wait_for_everyone()
+    if completed and accelerator.is_local_main_process:
+        shutil.rmtree(out_dir / CACHE, ignore_errors=True)  # kept only while a resume may need it
     return summary
+
+
+def causal_lm_loss(model, batch: dict):
+    """Mean cross-entropy over the tokens that carry loss, with the LM head computed only at the positions
+    that predict them (``logits_to_keep``): at 32k tokens and a 150k vocabulary, full logits would cost tens
+    of GB although about one token per row carries loss. The same value as the model's own loss."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    target = labels[:, 1:]
+    keep = (target != IGNORE).any(dim=0).nonzero().squeeze(1)  # positions t whose next token has a label
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
+                use_cache=False)
+    logits = out.logits
+    if logits.shape[1] != keep.numel():
+        raise TrainingError(f"{type(model).__name__} ignores logits_to_keep; it cannot be trained here")
+    y = target[:, keep]
+    if not (y != IGNORE).any():  # nothing to learn in this batch: a zero that still reaches every weight
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
+                           reduction="mean").to(torch.float32)
 
 
 def _past(accelerator, t_start: float, budget: float | None) -> bool:
@@ -282,13 +358,63 @@ def _save_checkpoint(accelerator, out_dir: Path, stage: int, step: int, fp: str)
     accelerator.wait_for_everyone()
 
 
-def _load_weights(accelerator, model, ckpt_dir: Path) -> None:
-    from safetensors.torch import load_file
+def _reset_optimizer_state(optimizer) -> None:
+    inner = optimizer
+    while hasattr(inner, "optimizer"):  # accelerate's (and DeepSpeed's) wrappers around the torch optimizer
+        inner = inner.optimizer
+    inner.state.clear()
 
-    weights = sorted(Path(ckpt_dir).glob("model*.safetensors"))
-    if not weights:
-        raise TrainingError(f"checkpoint {ckpt_dir} holds no model weights")
-    state = {}
-    for w in weights:
-        state.update(load_file(str(w)))
-    accelerator.unwrap_model(model).load_state_dict(state, strict=False)
+
+TRAINABLE = "trainable.safetensors"
+
+
+def _register_trainable_checkpointing(accelerator) -> None:
+    """Checkpoints hold the trainable weights only (a LoRA adapter, not the frozen base: megabytes instead
+    of the base's gigabytes), under the unwrapped model's names so DDP's ``module.`` prefix never matters,
+    and load strictly: a missing, extra or misshapen tensor is an error that names it."""
+    from accelerate.utils import DistributedType
+    from safetensors.torch import load_file, save
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    def save_hook(models, weights, output_dir):
+        if sharded:  # FSDP and DeepSpeed write their own sharded model state (and load it strictly)
+            return
+        for i, model in enumerate(models):
+            named = _trainable(accelerator, model)
+            if accelerator.is_main_process:
+                (Path(output_dir) / _trainable_file(i)).write_bytes(
+                    save({k: v.detach().cpu().contiguous() for k, v in named.items()}))
+        weights.clear()  # nothing else: accelerate's own file would hold the whole model
+
+    def load_hook(models, input_dir):
+        if sharded:
+            return
+        for i, model in enumerate(list(models)):
+            path = Path(input_dir) / _trainable_file(i)
+            if not path.is_file():
+                raise TrainingError(f"checkpoint {input_dir} has no {path.name}: it was not written by this "
+                                    "version of mllm; train again with --fresh")
+            saved, named = load_file(str(path)), _trainable(accelerator, model)
+            missing, extra = sorted(named.keys() - saved.keys()), sorted(saved.keys() - named.keys())
+            bad = sorted(k for k in named.keys() & saved.keys() if saved[k].shape != named[k].shape)
+            if missing or extra or bad:
+                raise TrainingError(f"checkpoint {path} does not match the model being trained: missing "
+                                    f"{missing[:5]}, unexpected {extra[:5]}, wrong shape {bad[:5]}")
+            import torch
+
+            with torch.no_grad():
+                for k, p in named.items():
+                    p.copy_(saved[k].to(p.device, p.dtype))
+            models.remove(model)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _trainable_file(i: int) -> str:
+    return TRAINABLE if i == 0 else TRAINABLE.replace(".safetensors", f"_{i}.safetensors")
+
+
+def _trainable(accelerator, model) -> dict:
+    return {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}

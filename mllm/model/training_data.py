@@ -73,30 +73,60 @@ def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool, ans
 
 
 class CorpusDataset:
-    """A map-style dataset over corpus shards, tokenized on access, in a seeded order."""
+    """A map-style dataset over corpus shards, tokenized on access, in a seeded order.
 
-    def __init__(self, paths: list[str | Path], tokenizer, shot_label_loss: bool, seed: int,
-                 max_examples: int | None = None, answer_loss: str = "all"):
-        from mllm.text.corpus import read_corpus
+    The shards' messages are copied once (by the first process on each machine, batch by batch) into an
+    uncompressed Arrow file in ``cache_dir`` that every rank memory-maps: a rank's memory holds the pages of
+    the rows it reads, not the corpus."""
 
-        rows = []
-        for path in paths:
-            rows.extend(read_corpus(path).column("messages").to_pylist())
-        if not rows:
+    def __init__(self, paths: list[str | Path], tokenizer, shot_label_loss: bool, seed: int, cache_dir: str | Path,
+                 max_examples: int | None = None, answer_loss: str = "all", accelerator=None):
+        self.messages = mapped_messages(paths, cache_dir, accelerator)
+        n = len(self.messages)
+        if not n:
             raise ValueError(f"empty corpus: no sequences in {[str(p) for p in paths]}")
-        order = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1])).permutation(len(rows))
-        if max_examples is not None:
-            order = order[:max_examples]
-        self.rows = [rows[i] for i in order]
+        order = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1])).permutation(n)
+        self.order = order if max_examples is None else order[:max_examples]
         self.tokenizer = tokenizer
         self.shot_label_loss = shot_label_loss
         self.answer_loss = answer_loss
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.order)
 
     def __getitem__(self, i: int) -> dict:
-        return tokenize_example(self.tokenizer, self.rows[i], self.shot_label_loss, self.answer_loss)
+        row = self.messages[int(self.order[i])].as_py()
+        return tokenize_example(self.tokenizer, row, self.shot_label_loss, self.answer_loss)
+
+
+def mapped_messages(paths: list[str | Path], cache_dir: str | Path, accelerator=None):
+    """The ``messages`` column of the shards, memory-mapped from an Arrow file in ``cache_dir`` named by the
+    shards' names, sizes and modification times (written atomically if missing)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from mllm.core.atomic import atomic_path
+    from mllm.text.corpus import CORPUS_SCHEMA
+
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    target = Path(cache_dir) / f"messages-{h.hexdigest()[:16]}.arrow"
+    writer_here = accelerator is None or accelerator.is_local_main_process
+    if writer_here and not target.is_file():
+        schema = pa.schema([CORPUS_SCHEMA.field("messages")])
+        with atomic_path(target) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+            for p in paths:
+                pf = pq.ParquetFile(p)
+                if not pf.schema_arrow.equals(CORPUS_SCHEMA, check_metadata=False):
+                    raise ValueError(f"{p}: not a corpus shard (schema differs from mllm.text.corpus.CORPUS_SCHEMA)")
+                for batch in pf.iter_batches(columns=["messages"], batch_size=256):
+                    w.write_batch(batch)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return pa.ipc.open_file(pa.memory_map(str(target), "r")).read_all().column("messages")
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:
