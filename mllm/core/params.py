@@ -193,6 +193,20 @@ class TrainStage(_Strict):
     epochs: float = Field(gt=0.0)
     max_steps: int | None = Field(ge=1, description="optimizer steps; caps epochs")
     max_examples: int | None = Field(ge=1)
+    part: list[int] | None = Field(default=None, min_length=2, max_length=2, description=(
+        "[i, n]: only the i-th of n contiguous slices of the corpus shards (the paper trains on its full "
+        "corpus in parts, one stage each)"))
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> TrainStage:
+        if self.part is not None and not 0 <= self.part[0] < self.part[1]:
+            raise ValueError(f"part {self.part}: expected [i, n] with 0 <= i < n")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The data this stage reads: its corpus, and the part of it."""
+        return self.corpus if self.part is None else f"{self.corpus}[{self.part[0]}/{self.part[1]}]"
 
 
 class TrainParams(_Strict):

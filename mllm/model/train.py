@@ -27,6 +27,9 @@ from mllm.model.training_data import IGNORE, CorpusDataset, collate, corpus_leng
 
 # The train stage's output directory: checkpoints, the final model, its summary, and the MLflow run id.
 CHECKPOINTS, FINAL, STATE, SUMMARY = "checkpoints", "model", "state.json", "train_summary.json"
+# Checkpoints of another layout are not resumed (the run starts afresh): 2 = trainable weights only, one
+# optimizer and one scheduler for the whole curriculum.
+CHECKPOINT_FORMAT = 2
 # Memory-mapped Arrow copies of the corpus shards that the ranks read from.
 CACHE = "corpus-cache"
 RUN_FILE = "mlflow_run.json"
@@ -38,27 +41,33 @@ class TrainingError(InputError):
     """The corpus or the model cannot be trained on as asked; raised before training starts."""
 
 
-def corpus_paths(corpus_dir: str | Path, name: str) -> list[Path]:
+def corpus_paths(corpus_dir: str | Path, name: str, part: list[int] | None = None) -> list[Path]:
+    """The shards of corpus ``name``; with ``part`` [i, n], the i-th of n contiguous slices of them."""
     paths = sorted((Path(corpus_dir) / name).glob("shard-*.parquet"))
     if not paths:
         raise TrainingError(f"no {name} corpus shards under {corpus_dir}/{name}: run `mllm encode` first")
-    return paths
+    if part is None:
+        return paths
+    i, n = part
+    if len(paths) < n:
+        raise TrainingError(f"part {part} of the {name} corpus: it has {len(paths)} shards, fewer than {n} parts")
+    return [paths[k] for k in np.array_split(np.arange(len(paths)), n)[i]]
 
 
 def check_corpus(params: Params, corpus_dir: str | Path, max_positions: int | None) -> dict[str, int]:
     """Every stage's corpus exists, is not empty, and fits the model's context. Returns sizes."""
     sizes = {}
     for stage in params.train.stages:
-        lengths = corpus_lengths(corpus_paths(corpus_dir, stage.corpus))
+        lengths = corpus_lengths(corpus_paths(corpus_dir, stage.corpus, stage.part))
         if lengths.size == 0:
-            raise TrainingError(f"stage {stage.name!r}: the {stage.corpus} corpus is empty")
+            raise TrainingError(f"stage {stage.name!r}: the {stage.source} corpus is empty")
         if max_positions is not None and lengths.max() > max_positions:
             raise TrainingError(
-                f"stage {stage.name!r}: {int((lengths > max_positions).sum())} sequences of the {stage.corpus} corpus "
+                f"stage {stage.name!r}: {int((lengths > max_positions).sum())} sequences of the {stage.source} corpus "
                 f"are longer than the model's context ({int(lengths.max())} > {max_positions} tokens); "
                 "re-encode with a smaller encode.cutoff_len"
             )
-        sizes[stage.corpus] = int(lengths.size)
+        sizes[stage.source] = int(lengths.size)
     return sizes
 
 
@@ -83,7 +92,8 @@ def _cpu_has_bf16() -> bool:
 
 def fingerprint(params: Params, corpus_dir: str | Path) -> str:
     """What a checkpoint is valid for: the model/train params and the corpus files (names and sizes)."""
-    h = hashlib.sha256(json.dumps({"seed": params.seed, "model": params.model.model_dump(mode="json"),
+    h = hashlib.sha256(json.dumps({"format": CHECKPOINT_FORMAT, "seed": params.seed,
+                                   "model": params.model.model_dump(mode="json"),
                                    "train": params.train.model_dump(mode="json")}, sort_keys=True).encode())
     for p in sorted(Path(corpus_dir).rglob("shard-*.parquet")):
         h.update(f"{p.relative_to(corpus_dir)}:{p.stat().st_size}".encode())
@@ -107,7 +117,7 @@ def stage_steps(params: Params, sizes: dict[str, int], num_processes: int) -> li
     number of micro-batches), ``epochs`` passes, ``grad_accum`` micro-batches a step, capped by ``max_steps``."""
     tp, steps = params.train, []
     for stage in tp.stages:
-        n = sizes[stage.corpus] if stage.max_examples is None else min(sizes[stage.corpus], stage.max_examples)
+        n = sizes[stage.source] if stage.max_examples is None else min(sizes[stage.source], stage.max_examples)
         micro_per_epoch = math.ceil(n / (tp.batch_size * num_processes))
         s = max(1, math.floor(micro_per_epoch * stage.epochs / tp.grad_accum))
         steps.append(min(s, stage.max_steps) if stage.max_steps else s)
@@ -188,7 +198,7 @@ def run_training(
 
     def loader(si: int):
         stage = tp.stages[si]
-        ds = CorpusDataset(corpus_paths(corpus_dir, stage.corpus), tokenizer, tp.shot_label_loss,
+        ds = CorpusDataset(corpus_paths(corpus_dir, stage.corpus, stage.part), tokenizer, tp.shot_label_loss,
                            seed=params.seed + si, max_examples=stage.max_examples, answer_loss=tp.answer_loss,
                            cache_dir=out_dir / CACHE, accelerator=accelerator)
         return DataLoader(ds, batch_size=tp.batch_size, shuffle=False, num_workers=0,

