@@ -238,3 +238,22 @@ def test_corpus_with_no_sequences_is_refused(tmp_path, data):
         pq.write_table(pa.Table.from_pylist([], schema=CORPUS_SCHEMA), tmp_path / "c" / name / "shard-00000.parquet")
     with pytest.raises(TrainingError, match="the warmup corpus is empty"):
         run_training(parse_params(raw_params()), tmp_path / "c", str(tok_dir), tmp_path / "out")
+
+
+def test_rope_scaling_stretches_the_context_for_training_and_inference(tmp_path, data, tok):
+    """YaRN x4 on a 1,024-position base: trained with 4,096 positions, and the adapter's base is loaded
+    with the same scaling for inference."""
+    from mllm.model.loading import load_trained
+
+    tok_dir, corpus = data
+    load_base(parse_params(raw_params()).model, tok, seed=0).save_pretrained(tmp_path / "base")
+    params = parse_params(raw_params(model={"base": str(tmp_path / "base"), "adapter": "lora",
+                                            "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}))
+    base = load_base(params.model, tok, 0)
+    assert base.config.max_position_embeddings == 4 * TINY_MODEL["max_positions"]
+    assert base.config.rope_parameters["rope_type"] == "yarn"
+    run_training(params, corpus, str(tok_dir), tmp_path / "out", time_budget_s=0.0)
+    model = load_trained(tmp_path / "out" / "model", device="cpu")
+    assert model.config.max_position_embeddings == 4096 and model.config.rope_parameters["factor"] == 4.0
+    plain = load_trained(tmp_path / "base", device="cpu")
+    assert plain.config.max_position_embeddings == 1024

@@ -168,6 +168,13 @@ class LoraParams(_Strict):
     target_modules: str | list[str]
 
 
+class RopeScaling(_Strict):
+    """Rotary position scaling that stretches a base's context (the authors use YaRN x4 for 131k tokens)."""
+
+    rope_type: Literal["yarn", "linear", "dynamic"]
+    factor: float = Field(gt=1.0)
+
+
 class ModelParams(_Strict):
     base: str = Field(description="tiny | scratch | a local model dir | a cached hub id")
     adapter: Literal["lora", "full"]
@@ -176,6 +183,8 @@ class ModelParams(_Strict):
     trust_remote_code: bool
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         description="the frozen weights' dtype: auto = bfloat16 on a GPU that has it, else float32")
+    rope_scaling: RopeScaling | None = Field(default=None, description=(
+        "stretch the base's context by this factor (training and inference alike); null: as the base has it"))
 
     @model_validator(mode="after")
     def _scratch_is_full(self) -> ModelParams:

@@ -92,16 +92,32 @@ def resolve_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def _from_local(name: str, trust_remote_code: bool = False, dtype=None):
+def _from_local(name: str, trust_remote_code: bool = False, dtype=None, rope_scaling: dict | None = None):
     """A causal LM from a local dir or the local HF cache: safetensors only, loaded straight into ``dtype``
-    (default float32; never a float32 copy of bf16 weights), nothing downloaded."""
+    (default float32; never a float32 copy of bf16 weights), its context stretched by ``rope_scaling``
+    ({rope_type, factor}), nothing downloaded."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if Path(name).is_dir():
         check_weights(Path(name))
-    return AutoModelForCausalLM.from_pretrained(name, local_files_only=True, use_safetensors=True,
+    config = AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
+    if rope_scaling:
+        scale_rope(config, rope_scaling)
+    return AutoModelForCausalLM.from_pretrained(name, config=config, local_files_only=True, use_safetensors=True,
                                                 trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
+
+
+def scale_rope(config, rope_scaling: dict) -> None:
+    """Stretch ``config``'s context: ``rope_scaling`` {rope_type, factor} over its current length."""
+    original = config.max_position_embeddings
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if params.get("rope_type", "default") != "default":
+        raise ModelError(f"the base already scales its rotary positions ({params}); set model.rope_scaling to null")
+    params.update(rope_type=rope_scaling["rope_type"], factor=float(rope_scaling["factor"]),
+                  original_max_position_embeddings=original)
+    config.rope_parameters = params
+    config.max_position_embeddings = int(original * rope_scaling["factor"])
 
 
 def load_base(mp: ModelParams, tokenizer, seed: int, device: str | None = None):
@@ -114,10 +130,14 @@ def load_base(mp: ModelParams, tokenizer, seed: int, device: str | None = None):
         from transformers import Qwen2ForCausalLM
 
         torch.manual_seed(seed)
-        return Qwen2ForCausalLM(tiny_config(mp, tokenizer)).to(dtype)
+        config = tiny_config(mp, tokenizer)
+        if mp.rope_scaling:
+            scale_rope(config, mp.rope_scaling.model_dump())
+        return Qwen2ForCausalLM(config).to(dtype)
     name = resolve_base(mp.base)
     try:
-        model = _from_local(name, trust_remote_code=mp.trust_remote_code, dtype=dtype)
+        rope = mp.rope_scaling.model_dump() if mp.rope_scaling else None
+        model = _from_local(name, trust_remote_code=mp.trust_remote_code, dtype=dtype, rope_scaling=rope)
     except (OSError, ValueError) as err:
         raise ModelError(f"model.base {mp.base!r} cannot be loaded from local files (nothing is downloaded): {err}") from None
     # An adapter records its base as params name it ('tiny', not this checkout's absolute path), so the
@@ -209,8 +229,10 @@ def _load_trained(path: Path, dtype):
         check_weights(path)  # first: it says why when there is no safetensors file at all (pickled weights)
         if not (path / "adapter_model.safetensors").is_file():
             raise ModelError(f"the adapter in {path} has no adapter_model.safetensors")
+        meta = path / "mllm_model.json"  # what training changed in the base's config (its rotary scaling)
+        rope = json.loads(meta.read_text()).get("rope_scaling") if meta.is_file() else None
         try:
-            model = _from_local(resolve_base(base), dtype=dtype)
+            model = _from_local(resolve_base(base), dtype=dtype, rope_scaling=rope)
         except ModelError:
             raise
         except (OSError, ValueError) as err:

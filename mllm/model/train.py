@@ -310,6 +310,7 @@ def run_training(
         save_tokenizer(tokenizer, final)
         (final / "mllm_model.json").write_text(json.dumps({
             "base": params.model.base, "adapter": params.model.adapter, "tokenizer": tokenizer_path,
+            "rope_scaling": params.model.rope_scaling.model_dump() if params.model.rope_scaling else None,
         }, indent=2) + "\n")
         write_json_atomic(out_dir / SUMMARY, {**summary, "history": history})
     accelerator.wait_for_everyone()
