@@ -115,7 +115,8 @@ class Predictor:
     """Label probabilities from a causal LM and its tokenizer (see module docstring).
 
     ``decode="batched"`` (default) answers the chunks of a block side by side: one forward pass per answer
-    position for up to ``batch`` chunks (None: as many as ``kv_budget_mb`` of KV cache holds, at most 32,
+    position for up to ``batch`` chunks (None: as many as ``kv_budget_mb`` of KV cache holds (None: 1 GiB
+    on a CPU, half the free memory of a GPU), at most 32,
     and a block of few chunks for its queries per chunk one chunk at a time by Jacobi iteration), each
     position's label the most likely one given the labels before it (greedy, as written below).
     The per-chunk decoders answer one chunk at a time, each chunk with its own retrieved shots when the
@@ -127,7 +128,7 @@ class Predictor:
 
     def __init__(self, model, tokenizer, max_queries: int = DEFAULT_MAX_QUERIES, n_ensemble: int = 1, seed: int = 0,
                  cutoff_len: int | None = None, cache_prefix: bool = True, decode: str = "batched",
-                 min_shots: int = 8, items_per_pass: int = 8, batch: int | None = None, kv_budget_mb: int = 1024):
+                 min_shots: int = 8, items_per_pass: int = 8, batch: int | None = None, kv_budget_mb: int | None = None):
         if not 1 <= max_queries <= prompt.MAX_QUERIES:
             raise PredictionError(f"max_queries must be 1..{prompt.MAX_QUERIES}, got {max_queries}")
         if n_ensemble < 1:
@@ -323,7 +324,18 @@ class Predictor:
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         elem = next(self.model.parameters()).element_size()
         per_seq = 2 * c.num_hidden_layers * heads * head_dim * elem * tokens
-        return int(max(1, min(32, self.kv_budget_mb * 2**20 // max(per_seq, 1))))
+        return int(max(1, min(32, self._kv_budget() // max(per_seq, 1))))
+
+    def _kv_budget(self) -> int:
+        """Bytes of KV cache a block may take: ``kv_budget_mb``, or on a GPU (None) half of its free memory."""
+        import torch
+
+        dev = self.model.device
+        if self.kv_budget_mb is None:
+            if dev.type != "cuda":
+                return 1024 * 2**20
+            return torch.cuda.mem_get_info(dev)[0] // 2
+        return self.kv_budget_mb * 2**20
 
     def plan(self, enc: Encoded) -> list[Block]:
         """The blocks of work for ``enc``, in order; deterministic, and the same for every ensemble member
