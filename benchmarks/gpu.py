@@ -29,14 +29,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine  # noqa: E402
+from _common import ROOT, machine
 
 # Qwen2.5-7B-Instruct's config.json, the parts that shape compute and memory.
-QWEN25_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                 num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
-                 tie_word_embeddings=False, rms_norm_eps=1e-6)
-TOY = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False)
+QWEN25_7B = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+             "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+             "rope_theta": 1e6, "tie_word_embeddings": False, "rms_norm_eps": 1e-6}
+TOY = {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+       "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_theta": 1e6,
+       "tie_word_embeddings": False}
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by device name.
 PEAKS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 125.0, "L4": 121.0}
 
@@ -199,7 +200,7 @@ def main() -> None:
         pred = Predictor(model, ptok, max_queries=50)
         pred.predict_proba(X.iloc[:1024], y[:1024], X.iloc[1024:1026])  # warm-up
         t0 = time.perf_counter()
-        _, proba = pred.predict_proba(X.iloc[:1024], y[:1024], X.iloc[1024:])
+        pred.predict_proba(X.iloc[:1024], y[:1024], X.iloc[1024:])
         latency = (time.perf_counter() - t0) / n_pred
         fig(predict_ms_per_query=round(latency * 1000, 2), predict_queries=n_pred,
             predict_peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1) if device == "cuda" else None,

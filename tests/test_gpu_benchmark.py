@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_benchmark_quick_runs_on_cpu(tmp_path, venv_env):
     out = tmp_path / "gpu.jsonl"
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--out", str(out)],
-                         env=venv_env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+                         env=venv_env, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("toy LoRA training") and " ratio " in last

@@ -5,6 +5,7 @@ its three stages, predict."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -99,8 +100,6 @@ def test_paper_profile_encodes_trains_and_predicts(tmp_path, qwen_dir):
 
     from mllm.inference.predict import Predictor
     from mllm.model.loading import load_trained_with_tokenizer
-
-    import pandas as pd
 
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "c"])

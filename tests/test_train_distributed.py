@@ -59,7 +59,7 @@ def _cmd(n, params_file, corpus, tok, out):
 def _train(n, raw, data, out, env):
     tok, corpus = data
     res = subprocess.run(_cmd(n, write_params(out.parent / f"{out.name}.yaml", raw), corpus, tok, out), env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads((out / "train_summary.json").read_text())
 
@@ -79,7 +79,7 @@ def test_curriculum_lr_is_each_stage_own_cosine_schedule():
 
 
 def test_loss_on_kept_logits_equals_the_models_own_loss(data):
-    tok_dir, corpus = data
+    tok_dir, _ = data
     from mllm.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_dir)
@@ -114,7 +114,7 @@ def test_checkpoints_hold_the_adapter_only_and_load_strictly(tmp_path, data, lor
     assert (ckpt / "trainable.safetensors").stat().st_size < base_bytes / 5
     assert (tmp_path / "out" / CACHE).is_dir()  # the memory-mapped corpus stays while a resume may need it
 
-    dropped = sorted(saved)[0]
+    dropped = min(saved)
     save_file({k: v for k, v in saved.items() if k != dropped}, str(ckpt / "trainable.safetensors"))
     with pytest.raises(TrainingError, match=f"missing \\['{dropped}'"):
         run_training(params, corpus, str(tok), tmp_path / "out")
@@ -214,7 +214,7 @@ def test_fsdp2_trains_resumes_and_exports_as_ddp_does(tmp_path, data, lora_base,
     env = {**venv_env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     killed = _kill_inside_stage_two(cmd, run, env)
     assert (run / CHECKPOINTS / f"stage1-step{killed['step']}" / "pytorch_model_fsdp_0").is_dir()  # sharded
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["steps_this_run"] == 6 - killed["step"]
