@@ -7,6 +7,7 @@ from mllm.evaluation.suite import (
     TableError,
     baseline,
     evaluate_dataset,
+    in_table_order,
     load_table,
     metrics,
     sklearn_datasets,
@@ -90,3 +91,16 @@ def test_summary_has_the_quality_bar():
     s = summarise(rows, {}, "suite")
     assert s["quality_bar"] == {"shots": 128, "lift_over_majority": 0.2, "rising": True}
     assert s["mean_accuracy"] == {"majority": 0.55, "trained": 0.65}
+
+
+def test_model_by_model_rows_come_out_in_the_all_at_once_order():
+    """The evaluate stage loads one in-context model at a time; its results file is the same as when every
+    model answered each table in turn."""
+    tables = {n: sklearn_datasets()[n] for n in ("iris", "wine")}
+    models = {m: baseline(m, 0) for m in ("knn", "majority", "logistic_regression")}
+    shots, seeds = [32, 8], [1, 0]
+    together = [r for n, (X, y) in tables.items() for r in evaluate_dataset(n, X, y, models, shots, seeds, 20)]
+    apart = [r for m in reversed(models) for n, (X, y) in tables.items()
+             for r in evaluate_dataset(n, X, y, {m: models[m]}, shots, seeds, 20)]
+    assert apart != together
+    assert in_table_order(apart, list(tables), list(models), shots, seeds) == together
