@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -28,6 +30,29 @@ def _inputs(train: str, evaluation: str) -> tuple[Path, dict, str | None]:
     return model, summary, run_id
 
 
+@contextlib.contextmanager
+def registry_lock(registered_model: str, timeout_s: float = 900) -> Iterator[bool]:
+    """One registration at a time per registered model, for every pipeline that reports to the same Prefect
+    server: a global concurrency limit of 1 slot on it (made if missing), held while the champion is read and
+    moved. Yields whether a lock was taken: without a Prefect server each command has its own temporary API,
+    which no other pipeline shares."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        yield False
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = f"mllm-registry-{registered_model}"
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with concurrency(name, occupy=1, strict=True, timeout_seconds=timeout_s):
+        yield True
+
+
 @flow(name="register")
 def register_flow(params_path: str = "params.yaml", train: str = "data/train",
                   evaluation: str = "metrics/evaluate.json", out: str = "metrics/registry.json",
@@ -38,8 +63,11 @@ def register_flow(params_path: str = "params.yaml", train: str = "data/train",
     if Path(summary["models"].get("trained", "")).resolve() != model.resolve():
         raise InputError(f"{evaluation} measured {summary['models'].get('trained')}, not {model}: rerun evaluate")
     ep = params.evaluate
-    record = register(model, summary, ep.registered_model, run_id,
-                      predictor={"max_queries": ep.max_queries, "n_ensemble": ep.n_ensemble, "seed": params.seed})
+    with registry_lock(ep.registered_model) as locked:
+        record = register(model, summary, ep.registered_model, run_id,
+                          predictor={"max_queries": ep.max_queries, "n_ensemble": ep.n_ensemble, "seed": params.seed})
+    if locked:
+        logger.info("registered under the Prefect server's lock mllm-registry-%s", ep.registered_model)
     write_json_atomic(out, record)
     logger.info("%s version %s: %s (%s)", record["name"], record["version"],
                 "promoted to champion" if record["promoted"] else "not promoted", record["reason"])

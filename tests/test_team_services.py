@@ -8,6 +8,7 @@ import json
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -141,6 +142,7 @@ def test_team_services_on_postgresql(tmp_path, venv_env):
                                for r in client.search_runs([e.experiment_id for e in client.search_experiments()])])
         assert password not in recorded
         assert not [i for i, text in enumerate(logs) if password in text]
+        assert all("registered under the Prefect server's lock" in text for text in logs)
         for log in ("serve.log", "mlflow.log", "prefect.log"):  # nor the servers', which hold it
             assert password not in (tmp_path / log).read_text(), log
     finally:
@@ -149,3 +151,40 @@ def test_team_services_on_postgresql(tmp_path, venv_env):
             s.stop()
         pg.stop()
         shutil.rmtree(pgroot, ignore_errors=True)
+
+
+LOCK_HOLDER = """
+import sys, time
+from flows.register import registry_lock
+with registry_lock("mllm") as locked:
+    start = time.time()
+    time.sleep(2)
+    print("HELD", locked, start, time.time(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_registrations_take_turns_on_a_prefect_server(tmp_path, venv_env):
+    """Two processes that register at the same moment hold the registry lock one after the other."""
+    from tests.team_services import Server, free_port
+
+    port = free_port()
+    env = {**venv_env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    server = Server("prefect", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
+                    tmp_path, "/api/health", port)
+    try:
+        server.start()
+        procs = [subprocess.Popen([sys.executable, "-c", LOCK_HOLDER], env=env, stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        held = []
+        for p in procs:
+            out, _ = p.communicate(timeout=300)
+            assert p.returncode == 0
+            line = next(ln for ln in out.splitlines() if ln.startswith("HELD")).split()
+            assert line[1] == "True"
+            held.append((float(line[2]), float(line[3])))
+        (_, first_end), (second_start, _) = sorted(held)
+        assert first_end <= second_start  # no overlap
+    finally:
+        server.stop()
