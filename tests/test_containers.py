@@ -71,7 +71,28 @@ def test_no_database_password_is_committed():
     text = COMPOSE.read_text()
     assert "${POSTGRES_PASSWORD:?" in text and ":-" not in text
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    pattern = re.compile(r"postgres(?:ql)?(?:\+\w+)?://[^:/\s]+:(?!\$\{|PASSWORD@)[^@\s]+@")
+    pattern = re.compile(r"postgres(?:ql)?(?:\+\w+)?://[^:/\s]+:(?!\$|PASSWORD@)[^@\s]+@")
+    assert pattern.search("postgresql+psycopg2://mllm:hunter2@db/mlflow")  # what a leak looks like
+    assert not pattern.search("postgresql+psycopg2://mllm:$POSTGRES_PASSWORD@db/mlflow")
     leaks = [f for f in files if (ROOT / f).is_file() and (ROOT / f).suffix in {".yaml", ".yml", ".md", ".py", ".sql", ".toml", ""}
              and pattern.search((ROOT / f).read_text(errors="ignore"))]
     assert leaks == []
+
+
+def _options(cmd: list[str] | str) -> tuple[list[str], set[str]]:
+    words = cmd.split() if isinstance(cmd, str) else cmd
+    return [w for w in words[:3] if not w.startswith("-")], {w for w in words if w.startswith("--")}
+
+
+def test_the_services_test_runs_the_commands_of_the_compose_file(tmp_path):
+    """tests/test_team_services.py starts MLflow and Prefect with the programs and options compose uses."""
+    from tests.team_services import Postgres, mlflow_server, prefect_server
+
+    doc = yaml.safe_load(COMPOSE.read_text())
+    pg = Postgres.__new__(Postgres)
+    pg.password, pg.port = "x", 5432
+    for name, make in (("mlflow", mlflow_server), ("prefect", prefect_server)):
+        ours = make(pg, tmp_path, {})
+        assert _options(ours.cmd) == _options(doc["services"][name]["command"]), name
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" in doc["services"]["prefect"]["environment"]
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" in prefect_server(pg, tmp_path, {}).env
