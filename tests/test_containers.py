@@ -72,7 +72,7 @@ def test_no_database_password_is_committed():
     assert "${POSTGRES_PASSWORD:?" in text and ":-" not in text
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     pattern = re.compile(r"postgres(?:ql)?(?:\+\w+)?://[^:/\s]+:(?!\$|PASSWORD@)[^@\s]+@")
-    assert pattern.search("postgresql+psycopg2://mllm:hunter2@db/mlflow")  # what a leak looks like
+    assert pattern.search("postgresql+psycopg2://mllm:" + "hunter2@db/mlflow")  # a leak (split: not one here)
     assert not pattern.search("postgresql+psycopg2://mllm:$POSTGRES_PASSWORD@db/mlflow")
     leaks = [f for f in files if (ROOT / f).is_file() and (ROOT / f).suffix in {".yaml", ".yml", ".md", ".py", ".sql", ".toml", ""}
              and pattern.search((ROOT / f).read_text(errors="ignore"))]
