@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine
+from train import matmul_flops
 
 # Qwen2.5-7B-Instruct's config.json, the parts that shape compute and memory.
 QWEN25_7B = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -74,15 +75,8 @@ def peak_flops(device: str, override: float | None) -> tuple[float, str]:
             if key in name:
                 return tflops * 1e12, f"{name} dense bf16"
         raise SystemExit(f"unknown GPU {name!r}: give its dense bf16 peak with --peak-tflops")
-    best = 0.0
-    for dtype in (torch.float32, torch.bfloat16):  # the CPU's best measured matmul rate
-        a = torch.randn(1024, 1024, dtype=dtype)
-        a @ a
-        t0, reps = time.perf_counter(), 8
-        for _ in range(reps):
-            a @ a
-        best = max(best, 2 * 1024**3 * reps / (time.perf_counter() - t0))
-    return best, "measured CPU matmul"
+    # the CPU's best measured matmul rate, as benchmarks/train.py measures it
+    return max(matmul_flops(dtype, 1024, 1.0) for dtype in (torch.float32, torch.bfloat16)), "measured CPU matmul"
 
 
 def build(work: Path, shape: dict, device: str):

@@ -1,6 +1,5 @@
 """Team services: the project logs and registers through a real MLflow server; one pipeline per checkout."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,37 +12,20 @@ from mllm.core import tracking
 from mllm.model.references import resolve
 from mllm.registry.promotion import register
 from tests.conftest import ROOT, stop_process
+from tests.team_services import free_port, wait_for
 from tests.training_helpers import save_tiny_model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, proc: subprocess.Popen, what: str, seconds: float) -> None:
-    """Poll ``url`` until it answers; fail if ``proc`` exits or ``seconds`` pass."""
-    deadline = time.time() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, f"{what} did not start"
-            time.sleep(1)
 
 
 @pytest.mark.slow
 def test_logs_and_registers_through_an_mlflow_server(tmp_path, monkeypatch, venv_env):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts"],
         cwd=tmp_path, env=venv_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(f"http://127.0.0.1:{port}/health", server, "MLflow server", 120)
+        wait_for(f"http://127.0.0.1:{port}/health", server, "MLflow server", 120)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         monkeypatch.chdir(tmp_path)
         with tracking.run("generate") as run:
@@ -97,7 +79,7 @@ def test_serve_registers_the_scheduled_pipeline_on_a_prefect_server(tmp_path, ve
     """`prefect server start` + `mllm serve`: the deployment exists with the cron schedule from params."""
     import json
 
-    port = _free_port()
+    port = free_port()
     venv_env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                     PREFECT_SERVER_ANALYTICS_ENABLED="false")
     server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -105,7 +87,7 @@ def test_serve_registers_the_scheduled_pipeline_on_a_prefect_server(tmp_path, ve
                               start_new_session=True)
     serve = None
     try:
-        _wait_for(f"http://127.0.0.1:{port}/api/health", server, "Prefect server", 180)
+        wait_for(f"http://127.0.0.1:{port}/api/health", server, "Prefect server", 180)
         deadline = time.time() + 300
         log = tmp_path / "serve.log"  # a file, not a pipe: nothing unread can stall the process
         with log.open("w") as out:

@@ -182,7 +182,6 @@ def run_training(
     base = load_base(params.model, tokenizer, params.seed, device=str(accelerator.device))
     sizes = check_corpus(params, corpus_dir, getattr(base.config, "max_position_embeddings", None))
     steps_of = stage_steps(params, sizes, accelerator.num_processes)
-    offsets = np.cumsum([0, *steps_of]).tolist()
 
     fp = fingerprint(params, corpus_dir)
     ckpt = _latest_checkpoint(out_dir, fp) if resume else None
@@ -195,6 +194,7 @@ def run_training(
             model.enable_input_require_grads()
     start_stage, start_step = (ckpt[1]["stage"], ckpt[1]["step"]) if ckpt else (0, 0)
     completed = start_stage >= len(tp.stages)
+    first_stage = min(start_stage, len(tp.stages) - 1)  # its dataloader is prepared with the model
 
     def loader(si: int):
         stage = tp.stages[si]
@@ -207,7 +207,7 @@ def run_training(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1.0, weight_decay=tp.weight_decay)  # LambdaLR sets the lr
     scheduler = LambdaLR(optimizer, curriculum_lr(params, steps_of))
-    first_dl = loader(min(start_stage, len(tp.stages) - 1))
+    first_dl = loader(first_stage)
     model, optimizer, first_dl, scheduler = accelerator.prepare(model, optimizer, first_dl, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
     _register_trainable_checkpointing(accelerator)
@@ -220,7 +220,7 @@ def run_training(
     for si, stage in enumerate(tp.stages):
         if si < start_stage:
             continue
-        dl = first_dl if si == min(start_stage, len(tp.stages) - 1) else accelerator.prepare(loader(si))
+        dl = first_dl if si == first_stage else accelerator.prepare(loader(si))
         steps = steps_of[si]
         step = start_step if si == start_stage else 0
         if step == 0:
@@ -275,9 +275,9 @@ def run_training(
                 break
         if step < steps:  # out of time mid-stage
             break
-        if scheduler.scheduler.last_epoch != offsets[si + 1]:
+        if scheduler.scheduler.last_epoch != sum(steps_of[:si + 1]):
             raise RuntimeError(f"stage {stage.name!r} ended at scheduler step {scheduler.scheduler.last_epoch}, "
-                               f"not {offsets[si + 1]}")
+                               f"not {sum(steps_of[:si + 1])}")
         _save_checkpoint(accelerator, out_dir, si + 1, 0, fp)  # stage done: the next one starts from here
         completed = si == len(tp.stages) - 1
         if out_of_time:
