@@ -64,13 +64,14 @@ def _natural_prompt(cols, shots, shot_y, queries, n_classes) -> str:
     return "\n".join(lines)
 
 
-def _raw_prompt(shots, shot_y, queries, n_classes) -> str:
+def _raw_prompt(shots, shot_y, queries) -> str:
+    """The authors' format with the raw cell values (no codes)."""
+    import numpy as np
+
     from mllm.text import prompt
 
-    header = prompt.data_header(len(shots[0]), n_classes)
-    rows = [",".join(map(_fmt, r)) + f"|{y}" for r, y in zip(shots, shot_y)]
-    qs = [f"ID {i}:" + ",".join(map(_fmt, r)) for i, r in enumerate(queries)]
-    return "\n".join([header, "", "[Training set]", *rows, "", "[Test set]", *qs, "", prompt.OUTPUT_REQUIREMENTS])
+    return prompt.user_prompt(np.array([[_fmt(v) for v in r] for r in shots], dtype=object), shot_y,
+                              np.array([[_fmt(v) for v in r] for r in queries], dtype=object))
 
 
 def token_efficiency(n_tables: int) -> dict:
@@ -106,10 +107,10 @@ def token_efficiency(n_tables: int) -> dict:
         k = lm.n_classes
         answer = prompt.answer(query_y)
         texts = {
-            "ours": prompt.user_prompt(s_q, shot_y, q_q, k),
+            "ours": prompt.user_prompt(s_q, shot_y, q_q),
             "natural": _natural_prompt(list(df.columns), shots_df.to_numpy().tolist(), shot_y,
                                        query_df.to_numpy().tolist(), k),
-            "raw": _raw_prompt(shots_df.to_numpy().tolist(), shot_y, query_df.to_numpy().tolist(), k),
+            "raw": _raw_prompt(shots_df.to_numpy().tolist(), shot_y, query_df.to_numpy().tolist()),
         }
         for tk, count in counters.items():
             for fmt, text in texts.items():

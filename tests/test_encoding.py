@@ -10,11 +10,12 @@ from mllm.text.encoding import LabelMap, column_permutation, ordinal_encode, qua
 
 def test_quantise_exact_mapping_on_shot_statistics():
     shots = np.array([[1.0], [2.0], [3.0]])  # mean 2, std (ddof 1) 1
-    queries = np.array([[2.0], [3.0], [2.5], [0.0], [100.0], [-100.0], [np.nan]])
+    queries = np.array([[2.0], [3.0], [2.5], [0.0], [100.0], [-100.0], [np.nan], [2.006]])
     s, q = quantise(shots, queries)
     assert s.ravel().tolist() == [380, 500, 620]
-    # 2 -> z 0 -> 500; 3 -> 620; 2.5 -> 560; 0 -> z -2 -> 260; far values clip to 999 / 0; NaN -> mean -> 500
-    assert q.ravel().tolist() == [500, 620, 560, 260, 999, 0, 500]
+    # 2 -> z 0 -> 500; 3 -> 620; 2.5 -> 560; 0 -> z -2 -> 260; far values clip to 999 / 0; NaN -> mean -> 500;
+    # 2.006 -> 500.72 -> 500 (truncated, as the authors' int())
+    assert q.ravel().tolist() == [500, 620, 560, 260, 999, 0, 500, 500]
     assert s.dtype == np.int16
 
 
@@ -25,11 +26,11 @@ def test_quantise_uses_shot_rows_only():
     assert q1[0, 0] == q2[0, 0] == 500  # query values never move the statistics
 
 
-def test_quantise_rounds_half_to_even_and_floors_std():
+def test_quantise_truncates_like_the_authors_and_floors_std():
     shots = np.array([[-120.0], [0.0], [120.0]])  # mean 0, std 1 * 120: z * 120 == x
-    s, q = quantise(shots, np.array([[0.5], [1.5], [2.5], [-0.5]]))
+    s, q = quantise(shots, np.array([[0.5], [1.5], [2.9], [-0.5], [-499.9]]))
     assert s.ravel().tolist() == [380, 500, 620]
-    assert q.ravel().tolist() == [500, 502, 502, 500]  # halves round to even, like Python's round()
+    assert q.ravel().tolist() == [500, 501, 502, 499, 0]  # int(z * 120 + 500): truncated, never rounded up
     const, q = quantise(np.array([[5.0], [5.0]]), np.array([[5.0], [5.1], [4.9]]))
     assert const.ravel().tolist() == [500, 500]
     assert q.ravel().tolist() == [500, 999, 0]  # std floored, not divided by zero
@@ -81,7 +82,7 @@ def test_prompt_round_trip():
     labels = rng.integers(0, 4, size=30)
     queries = rng.integers(0, 1000, size=(12, 7)).astype(np.int16)
     qlabels = rng.integers(0, 4, size=12)
-    msgs = prompt.messages(shots, labels, queries, 4, qlabels)
+    msgs = prompt.messages(shots, labels, queries, qlabels)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
     assert msgs[0]["content"] == "You are an AI assistant. Your task is supervised classification."
     user = msgs[1]["content"]
@@ -95,13 +96,63 @@ def test_prompt_round_trip():
     np.testing.assert_array_equal(prompt.parse_answer(msgs[2]["content"], 12, 4), qlabels)
 
 
-def test_prompt_formats():
-    shots = np.array([[1, 999], [0, 500]])
-    user = prompt.user_prompt(shots, np.array([1, 0]), np.array([[7, 8]]), 2)
-    assert "1,999|1\n0,500|0\n" in user and "ID 0:7,8\n" in user
-    assert prompt.answer(np.array([1, 0])) == '[{"id":0,"label":1},{"id":1,"label":0}]'
+# The authors' concat-style prompt (MachineLearningLM, src/evaluation/prompt_gen), typed out by hand from
+# their template for these inputs: every space and line break of it is part of the interface.
+AUTHORS_USER_PROMPT = (
+    "\n"
+    "[Data]\n"
+    "• Each sample = 3 features + 1 label.  Label set = [0, 2].  \n"
+    "• Features in a row are comma-separated.  Features and label are separated by \"|\".\n"
+    "\n"
+    "\n"
+    "[Training set]  (order of rows does NOT matter)  \n"
+    "3 rows:  \n"
+    "1,999,red|2\n"
+    "0,500,dark  blue|0\n"
+    "612,37,red|2\n"
+    "\n"
+    "[Test set]  (keep original order!)  \n"
+    "Each row = ID, then N features (ID is NOT a feature).  \n"
+    "2 rows:  \n"
+    "ID 0:7,8,green\n"
+    "ID 1:1000,0,red \n"
+    "\n"
+    "[Output requirements]\n"
+    "Return **only** a JSON array.\n"
+    'Each element: {"id": <ID>, "label": <predicted_label>}\n'
+    "\n"
+    "Begin when ready. Do not output anything except the JSON array.\n"
+)
+
+
+def test_prompt_is_the_authors_byte_for_byte():
+    import json
+
+    shots = np.array([[1, 999, "red"], [0, 500, "dark, blue"], [612, 37, "red"]], dtype=object)
+    queries = np.array([[7, 8, "green"], [1000, 0, "red\n"]], dtype=object)
+    msgs = prompt.messages(shots, np.array([2, 0, 2]), queries, np.array([2, 0]))
+    assert msgs[0] == {"role": "system", "content": "You are an AI assistant. Your task is supervised classification."}
+    assert msgs[1]["content"] == AUTHORS_USER_PROMPT
+    assert msgs[2]["content"] == '[{"id": 0, "label": 2}, {"id": 1, "label": 0}]'
+    assert msgs[2]["content"] == json.dumps([{"id": 0, "label": 2}, {"id": 1, "label": 0}], ensure_ascii=False)
+    # the predictor writes the answer piece by piece: the pieces are the whole answer
+    assert "".join(prompt.answer_piece(i) + str(k) for i, k in enumerate([2, 0])) + prompt.ANSWER_END == msgs[2]["content"]
     with pytest.raises(ValueError, match="at most 50"):
-        prompt.user_prompt(shots, np.array([1, 0]), np.zeros((51, 2), dtype=int), 2)
+        prompt.user_prompt(shots, np.array([1, 0, 1]), np.zeros((51, 3), dtype=int))
+
+
+def test_label_set_lists_the_shot_labels():
+    user = prompt.user_prompt(np.array([[1], [2]]), np.array([3, 1]), np.array([[5]]))
+    assert "Label set = [1, 3].  \n" in user
+    assert prompt.parse_user_prompt(user)["label_set"] == [1, 3]
+
+
+def test_parse_user_prompt_names_a_bad_row():
+    user = AUTHORS_USER_PROMPT
+    with pytest.raises(ValueError, match="not integer codes"):
+        prompt.parse_user_prompt(user)
+    with pytest.raises(ValueError, match="no '\\[Data\\]' line"):
+        prompt.parse_user_prompt("hello")
 
 
 @pytest.mark.parametrize("bad, why", [

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from mllm.core.params import parse_params
-from mllm.inference.predict import PredictionError, Predictor, answer_piece, encode_tables
+from mllm.inference.predict import PredictionError, Predictor, encode_tables
 from mllm.model.loading import load_base
 from mllm.text import prompt
 from mllm.text.tokenizer import build_tokenizer
@@ -37,11 +37,11 @@ def test_piecewise_tokens_equal_the_training_sequence(tok):
     truth = np.arange(qry.shape[0]) % 3
     p = Predictor.__new__(Predictor)
     p.tokenizer = tok
-    ids = p._ids(p._prefix_text(enc.shots, enc.shot_ids, 3)) + p._ids(p._suffix_text(enc.queries))
+    ids = p._ids(p._prefix_text(enc.shots, enc.shot_ids)) + p._ids(p._suffix_text(enc.queries))
     for i, k in enumerate(truth):
-        ids += p._ids(answer_piece(i)) + [tok.convert_tokens_to_ids(str(k))]
+        ids += p._ids(prompt.answer_piece(i)) + [tok.convert_tokens_to_ids(str(k))]
     ids += p._ids("}]<|im_end|>\n")
-    msgs = prompt.messages(enc.shots, enc.shot_ids, enc.queries, 3, truth)
+    msgs = prompt.messages(enc.shots, enc.shot_ids, enc.queries, truth)
     assert ids == p._ids(tok.apply_chat_template(msgs, tokenize=False))
 
 
@@ -61,7 +61,7 @@ def test_prefix_cache_matches_full_forward(tok, model):
     positions = []
     cand = [tok.convert_tokens_to_ids(str(k)) for k in range(3)]
     for i, k in enumerate(chosen):
-        ids += pred._ids(answer_piece(i))
+        ids += pred._ids(prompt.answer_piece(i))
         positions.append(len(ids) - 1)
         ids += [cand[k]]
     with torch.no_grad():

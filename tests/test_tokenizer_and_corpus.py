@@ -42,9 +42,10 @@ def test_template_words_are_single_tokens(tok):
     toks = tok.tokenize(prompt.SYSTEM_PROMPT)
     assert toks[:4] == ["You", "Ġare", "Ġan", "ĠAI"] and "Ġsupervised" in toks and "Ġclassification" in toks
     assert len(tok.tokenize("[Training set]")) <= 4
-    # the answer as the model writes it: 8 tokens per query row, each label one token
-    assert tok.tokenize('[{"id":0,"label":1},{"id":1,"label":0}]') == [
-        '[{"', "id", '":', "0", ',"', "label", '":', "1", '},{"', "id", '":', "1", ',"', "label", '":', "0", "}]"]
+    # the answer as the model writes it: 11 tokens per query row, each label one token
+    assert tok.tokenize('[{"id": 0, "label": 1}, {"id": 1, "label": 0}]') == [
+        '[{"', "id", '":', "Ġ", "0", ",", 'Ġ"', "label", '":', "Ġ", "1",
+        '},', 'Ġ{"', "id", '":', "Ġ", "1", ",", 'Ġ"', "label", '":', "Ġ", "0", "}]"]
 
 
 def test_any_text_round_trips(tok):
@@ -79,24 +80,24 @@ def _arrays(m=200, d=10, n=20, k=3, seed=0):
 
 def test_fit_to_budget_drops_trailing_shots_never_queries(tok):
     shots, sl, q, ql, k = _arrays()
-    full = fit_to_budget(tok, shots, sl, q, ql, k, 100_000, 8)
+    full = fit_to_budget(tok, shots, sl, q, ql, 100_000, 8)
     assert full.n_dropped == 0 and full.n_shots == 200
     cutoff = full.n_tokens // 2
-    seq = fit_to_budget(tok, shots, sl, q, ql, k, cutoff, 8)
+    seq = fit_to_budget(tok, shots, sl, q, ql, cutoff, 8)
     assert seq.n_tokens <= cutoff and seq.n_tokens == count_tokens(tok, seq.messages)
     assert seq.n_shots + seq.n_dropped == 200 and seq.n_dropped > 0
     back = prompt.parse_user_prompt(seq.messages[1]["content"])
     np.testing.assert_array_equal(back["shots"], shots[: seq.n_shots])  # the first rows kept, in order
     np.testing.assert_array_equal(back["queries"], q)  # all queries kept
     # one more shot row would not have fitted
-    longer = prompt.messages(shots[: seq.n_shots + 1], sl[: seq.n_shots + 1], q, k, ql)
+    longer = prompt.messages(shots[: seq.n_shots + 1], sl[: seq.n_shots + 1], q, ql)
     assert count_tokens(tok, longer) > cutoff
 
 
 def test_context_that_cannot_fit_is_refused(tok):
     shots, sl, q, ql, k = _arrays(d=40, n=50)
     with pytest.raises(ContextTooLong, match="do not fit cutoff_len=2000"):
-        fit_to_budget(tok, shots, sl, q, ql, k, 2000, 8)
+        fit_to_budget(tok, shots, sl, q, ql, 2000, 8)
 
 
 def test_encode_task_round_trip_to_the_table(tok):

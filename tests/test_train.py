@@ -30,13 +30,13 @@ def data(tmp_path_factory):
 
 def _msgs():
     shots = np.array([[1, 2], [3, 4], [5, 6]])
-    return prompt.messages(shots, np.array([1, 0, 1]), shots[:2], 2, np.array([0, 1]))
+    return prompt.messages(shots, np.array([1, 0, 1]), shots[:2], np.array([0, 1]))
 
 
 def test_loss_mask_covers_only_the_answer(tok):
     ex = tokenize_example(tok, _msgs(), shot_label_loss=False)
     kept = ex["input_ids"][ex["labels"] != IGNORE]
-    assert tok.decode(kept) == '[{"id":0,"label":0},{"id":1,"label":1}]<|im_end|>'
+    assert tok.decode(kept) == '[{"id": 0, "label": 0}, {"id": 1, "label": 1}]<|im_end|>'
     np.testing.assert_array_equal(ex["labels"][ex["labels"] != IGNORE], kept)
 
 
@@ -45,8 +45,8 @@ def test_loss_mask_with_shot_labels(tok):
     labelled = np.flatnonzero(ex["labels"] != IGNORE)
     text = [tok.decode([i]) for i in ex["input_ids"][labelled]]
     assert text[:3] == ["1", "0", "1"]  # each shot row's label, nothing else of the prompt
-    assert "".join(text[3:]) == '[{"id":0,"label":0},{"id":1,"label":1}]<|im_end|>'
-    assert shot_label_spans("[Training set]\n1,2|1\n3,4|0\n\n[Test set]") == [(19, 20), (25, 26)]
+    assert "".join(text[3:]) == '[{"id": 0, "label": 0}, {"id": 1, "label": 1}]<|im_end|>'
+    assert shot_label_spans("[Training set]  (x)  \n2 rows:  \n1,2|1\n3,4|0\n\n[Test set]") == [(36, 37), (42, 43)]
 
 
 def test_loss_mask_on_answer_labels_only(tok):
@@ -54,7 +54,7 @@ def test_loss_mask_on_answer_labels_only(tok):
     labelled = np.flatnonzero(ex["labels"] != IGNORE)
     # three shot labels, then the two answer label values: no JSON structure, no ids, no <|im_end|>
     assert [tok.decode([i]) for i in ex["input_ids"][labelled]] == ["1", "0", "1", "0", "1"]
-    answer_start = len(ex["input_ids"]) - len(tok.encode('[{"id":0,"label":0},{"id":1,"label":1}]<|im_end|>',
+    answer_start = len(ex["input_ids"]) - len(tok.encode('[{"id": 0, "label": 0}, {"id": 1, "label": 1}]<|im_end|>',
                                                            add_special_tokens=False))
     assert (labelled[3:] > answer_start).all()
     with pytest.raises(ValueError, match="answer_loss"):

@@ -91,7 +91,7 @@ def test_loss_on_kept_logits_equals_the_models_own_loss(data):
     for n_shots in (5, 9):  # two lengths: the batch is padded
         x = rng.integers(0, 999, size=(n_shots + 2, 3))
         y = rng.integers(0, 2, size=n_shots + 2)
-        examples.append(tokenize_example(tok, prompt.messages(x[:n_shots], y[:n_shots], x[n_shots:], 2, y[n_shots:]),
+        examples.append(tokenize_example(tok, prompt.messages(x[:n_shots], y[:n_shots], x[n_shots:], y[n_shots:]),
                                          shot_label_loss=True))
     batch = collate(examples, tok.pad_token_id)
     ours = causal_lm_loss(model, batch)

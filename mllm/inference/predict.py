@@ -98,12 +98,6 @@ def prediction_frame(classes: np.ndarray, proba: np.ndarray) -> pd.DataFrame:
     return out
 
 
-def answer_piece(i: int) -> str:
-    """The answer text between label i-1 and label i (``[{"id":0,"label":`` first). Pieces end and start at
-    digits, where every supported tokenizer splits, so piecewise tokens equal the training sequence's."""
-    return ('[{"id":0,"label":' if i == 0 else f'}},{{"id":{i},"label":')
-
-
 def _crop(cache, length: int) -> None:
     """Cut a KV cache back to ``length`` tokens (a negative count means "remove" in transformers 4 and 5)."""
     extra = cache.get_seq_length() - length
@@ -154,18 +148,18 @@ class Predictor:
 
     # -- text pieces -------------------------------------------------------------------------------
 
-    def _prefix_text(self, shots: np.ndarray, shot_ids: np.ndarray, n_classes: int) -> str:
-        header = prompt.data_header(shots.shape[1], n_classes)
-        user_head = "\n".join([header, "", "[Training set]", *prompt.shot_lines(shots, shot_ids), "", "[Test set]"])
-        msgs = [{"role": "system", "content": prompt.SYSTEM_PROMPT}, {"role": "user", "content": user_head + "\n"}]
+    def _prefix_text(self, shots: np.ndarray, shot_ids: np.ndarray, n_classes: int | None = None) -> str:
+        """Chat text up to the test rows (system, and the user prompt's shared head); with ``n_classes``
+        the label set lists all of them (an upper bound on the head's length before the shots are chosen)."""
+        head = prompt.user_head(shots, shot_ids, None if n_classes is None else range(n_classes))
+        msgs = [{"role": "system", "content": prompt.SYSTEM_PROMPT}, {"role": "user", "content": head}]
         text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
-        # cut at the end of the user content: the test rows continue the same message
-        return text[: text.rindex(user_head) + len(user_head) + 1]
+        # cut at the end of the head: the test rows continue the same message
+        return text[: text.rindex(head) + len(head)]
 
     def _suffix_text(self, queries: np.ndarray) -> str:
-        user_tail = "\n".join([*prompt.query_lines(queries), "", prompt.OUTPUT_REQUIREMENTS])
         full = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": "\x00" + user_tail}], tokenize=False, add_generation_prompt=True)
+            [{"role": "user", "content": "\x00" + prompt.user_tail(queries)}], tokenize=False, add_generation_prompt=True)
         return full[full.index("\x00") + 1:]
 
     def _ids(self, text: str) -> list[int]:
@@ -175,7 +169,7 @@ class Predictor:
         """Answer tokens for ``labels`` and, per item, the index of its label token."""
         ids, at = [], []
         for i, k in enumerate(labels):
-            ids += self._ids(answer_piece(i))
+            ids += self._ids(prompt.answer_piece(i))
             at.append(len(ids))
             ids.append(cand[int(k)])
         return ids, at
@@ -210,7 +204,7 @@ class Predictor:
         if self.decode == "sequential":
             pending, pos = [], base
             for i in range(n):
-                pending += self._ids(answer_piece(i))
+                pending += self._ids(prompt.answer_piece(i))
                 logits, cache = self._forward(pending, cache, pos)
                 pos += len(pending)
                 probs[i] = torch.softmax(logits[-1, cand].float(), dim=-1).numpy()
@@ -385,7 +379,7 @@ class Predictor:
             rows, cols = self._member(enc, v)
             order = rows[keep[rows]]  # this member's shot order, restricted to the block's shots
             if (block.group, v) not in self._prefixes:
-                prefix = self._ids(self._prefix_text(enc.shots[order][:, cols], enc.shot_ids[order], k))
+                prefix = self._ids(self._prefix_text(enc.shots[order][:, cols], enc.shot_ids[order]))
                 cache = self._run_prefix(prefix)
                 self._prefixes[(block.group, v)] = (len(prefix), [(lay.keys, lay.values) for lay in cache.layers], cache)
             length, kv, cache = self._prefixes[(block.group, v)]
@@ -409,9 +403,9 @@ class Predictor:
 
         dev = self.model.device
         b, q = len(chunks), max(len(c) for c in chunks)
-        heads = [self._ids(self._suffix_text(c)) + self._ids(answer_piece(0)) for c in chunks]
+        heads = [self._ids(self._suffix_text(c)) + self._ids(prompt.answer_piece(0)) for c in chunks]
         width = max(map(len, heads))
-        pieces = [self._ids(answer_piece(i)) for i in range(1, q)]
+        pieces = [self._ids(prompt.answer_piece(i)) for i in range(1, q)]
         total_len = prefix_len + width + sum(1 + len(p) for p in pieces)
         # The block's cache: the previous block's when it holds the same prefix (the same group and member,
         # as blocks come in order) for as many rows and is long enough; slots past the prefix are rewritten
@@ -466,7 +460,7 @@ class Predictor:
         chunk, fits_all = self._chunk_size(len(head), costs, queries, k)
         cache = None
         if fits_all:
-            prefix = self._ids(self._prefix_text(shots, shot_ids, k))
+            prefix = self._ids(self._prefix_text(shots, shot_ids))
             cache = self._run_prefix(prefix) if self.cache_prefix and self.decode != "generate" else None
         guess = int(np.bincount(shot_ids, minlength=k).argmax())  # the shots' majority class
         for start in range(0, queries.shape[0], chunk):
@@ -474,7 +468,7 @@ class Predictor:
             if not fits_all:  # nearest-neighbour shots for this chunk
                 budget = limit - len(head) - self._chunk_tokens(q, k)
                 keep = nearest_shots(shots, q, costs, budget)
-                prefix = self._ids(self._prefix_text(shots[keep], shot_ids[keep], k))
+                prefix = self._ids(self._prefix_text(shots[keep], shot_ids[keep]))
                 self.stats["retrieval_chunks"] += 1
             self.stats["sequences"] += 1
             if self.decode == "generate":

@@ -15,7 +15,7 @@ test row ``ID i:v1,..,vF`` + newline, so in both a row's values sit at odd offse
   layer 1+k adds P^(2^(k-1)) times the partial summary 2^k tokens back, unless the row started inside the
   current window, in which case it attends to a sink (``<|im_start|>``) instead (six doublings: 64 slots);
 - layer 8 copies the summary to ``|`` (the row to classify) and to the shot's label token (the key);
-- layer 9, at an answer's ``"label":``, finds test row i (a test row carries the id read after ``ID i:``)
+- layer 9, where an answer's label comes next (after ``"label": ``), finds test row i (a test row carries the id read after ``ID i:``)
   and copies its summary there;
 - layer 10 votes: softmax(tau <S_row, S_shot>) over the shots' label tokens, which adds their label
   embeddings to the residual: a kernel-weighted vote, i.e. a soft nearest-neighbour classifier.
@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 from mllm.core.params import PlantParams
+from mllm.text.prompt import answer_piece
 
 PLANT_RECORD = "plant.json"  # beside the weights: the settings and the weights' sha256
 HIDDEN, HEAD_DIM, HEADS, LAYERS, INTERMEDIATE, MAX_POSITIONS = 512, 128, 2, 11, 128, 2048
@@ -47,7 +48,7 @@ CONST, SINK, COMMA, COLON, NEWL, BAR, NUM, DIGIT = range(64, 72)   # DIGIT: the 
 NX, D = 16, 96                    # exact-identity code dims; summary dims
 EX = slice(96, 112)               # exact identity of a number
 PREV, PCOMMA, PCOLON, PBAR = slice(112, 128), 128, 129, 130
-ID3 = slice(131, 147)             # exact code of the token 3 back (an answer's id)
+IDB = slice(131, 147)             # exact code of the answer's id, read where its label comes next
 ROWID = slice(147, 163)           # a test row's id, carried along the row
 B = list(range(163, 170))         # b[k]: the row started within the last 2^k slots
 S = slice(170, 170 + D)           # row summary (partial, growing with the doublings)
@@ -78,6 +79,16 @@ def value_code(nfreq: int, sigma_f: float):
     w = torch.exp(-0.5 * (f / sigma_f) ** 2).sqrt()
     code = torch.cat([torch.cos(math.pi * v[:, None] * f) * w, torch.sin(math.pi * v[:, None] * f) * w], 1)
     return (code / code.norm(dim=1, keepdim=True)).float()
+
+
+def answer_id_back(tokenizer) -> int:
+    """How many tokens before the position that predicts an answer's label its id sits (5 for
+    ``{"id": 7, "label": `` in the embedded tokenizer: ``7 , Ġ" label ": Ġ``)."""
+    ids = tokenizer(answer_piece(7), add_special_tokens=False)["input_ids"]
+    seven = tokenizer.convert_tokens_to_ids("7")
+    if ids.count(seven) != 1:
+        raise ValueError("the kernel-vote base needs the id of an answer item to be one token")
+    return len(ids) - 1 - ids.index(seven)
 
 
 def plant_base(tokenizer, settings: PlantParams):
@@ -150,7 +161,7 @@ def plant_base(tokenizer, settings: PlantParams):
         emb[nums, EX] = A * exact / exact.norm(dim=1, keepdim=True)
         P, _ = torch.linalg.qr(torch.randn(D, D, generator=g).double())  # the column tag
 
-        # layer 0: the previous token's identity and flags; the token 3 back (an answer's id)
+        # layer 0: the previous token's identity and flags; the token id_back back (an answer's id)
         a, r = head(0, 0)
         offset(a, r, 1)
         copy(a, r, EX, PREV)
@@ -158,8 +169,8 @@ def plant_base(tokenizer, settings: PlantParams):
             a.v_proj.weight[r + NX + j, src] = 1.0
             a.o_proj.weight[dst, r + NX + j] = 1.0
         a, r = head(0, 1)
-        offset(a, r, 3)
-        copy(a, r, EX, ID3)
+        offset(a, r, answer_id_back(tokenizer))
+        copy(a, r, EX, IDB)
 
         # layer 1: a test row's first value takes the row id from the ':' before it (which holds the id
         # as PREV); any other token attends to a sink
@@ -202,12 +213,12 @@ def plant_base(tokenizer, settings: PlantParams):
         offset(a, r, 2)
         copy(a, r, S, KS)
 
-        # layer 9: the router. At an answer's `"label":` (its id 3 back), attend to the newline ending the
+        # layer 9: the router. Where an answer's label comes next (its id id_back back), attend to the newline ending the
         # test row with that id and copy its summary; elsewhere the sink wins
         match, newline = 40.0, 15.0
         a, r = head(9, 0)
         id_d = slow_dims[1:1 + NX]
-        a.q_proj.weight[r + id_d, ID3] = match * sc / A * eye(NX)
+        a.q_proj.weight[r + id_d, IDB] = match * sc / A * eye(NX)
         a.k_proj.weight[r + id_d, ROWID1] = eye(NX) / A
         a.q_proj.bias[r + flag_d] = newline * sc
         a.k_proj.weight[r + flag_d, NEWL] = 1.0 / A

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mllm.text.prompt import ANSWER_LABEL
+from mllm.text.prompt import ANSWER_LABEL, shot_section
 
 IGNORE = -100
 
@@ -21,13 +21,8 @@ IGNORE = -100
 def shot_label_spans(user: str) -> list[tuple[int, int]]:
     """Character spans (start, end) of the labels of the ``[Training set]`` rows of a user prompt."""
     spans = []
-    start = user.find("[Training set]\n")
-    if start < 0:
-        return spans
-    pos = start + len("[Training set]\n")
-    end = user.find("\n\n", pos)
-    end = len(user) if end < 0 else end
-    while pos < end:
+    pos, end = shot_section(user)
+    while 0 <= pos < end:
         nl = user.find("\n", pos, end)
         line_end = end if nl < 0 else nl
         bar = user.rfind("|", pos, line_end)

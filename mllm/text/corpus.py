@@ -56,12 +56,12 @@ def count_tokens(tokenizer, messages: list[dict]) -> int:
 
 def fit_to_budget(
     tokenizer, shots: np.ndarray, shot_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray | None,
-    n_classes: int, cutoff_len: int, min_shots: int, chunk: int = 64,
+    cutoff_len: int, min_shots: int, chunk: int = 64,
 ) -> Sequence:
     """Messages for the task with as many shot rows as fit ``cutoff_len`` (trailing rows are dropped,
     queries never). Only about ``cutoff_len`` tokens are ever tokenized, however large the table."""
     m = shots.shape[0]
-    fixed = count_tokens(tokenizer, prompt.messages(shots[:0], shot_labels[:0], queries, n_classes, query_labels))
+    fixed = count_tokens(tokenizer, prompt.messages(shots[:0], shot_labels[:0], queries, query_labels))
     room = cutoff_len - fixed
     lines = prompt.shot_lines(shots, shot_labels)
     keep, used = 0, 0
@@ -75,7 +75,7 @@ def fit_to_budget(
             continue
         break
     while keep >= min_shots:  # confirm on the real sequence: merges at row edges may differ
-        msgs = prompt.messages(shots[:keep], shot_labels[:keep], queries, n_classes, query_labels)
+        msgs = prompt.messages(shots[:keep], shot_labels[:keep], queries, query_labels)
         n = count_tokens(tokenizer, msgs)
         if n <= cutoff_len:
             return Sequence(msgs, n, keep, m - keep)
@@ -92,7 +92,7 @@ def encode_task(task: Task, tokenizer, seed: int, ep: EncodeParams) -> Sequence:
     s, q = task.n_shots, min(task.n_queries, ep.max_queries)
     order = column_permutation(seed, task.task_id, task.n_features)
     shots, queries = quantise(task.X[:s, order], task.X[s : s + q, order])
-    return fit_to_budget(tokenizer, shots, task.y[:s], queries, task.y[s : s + q], task.n_classes, ep.cutoff_len,
+    return fit_to_budget(tokenizer, shots, task.y[:s], queries, task.y[s : s + q], ep.cutoff_len,
                          min(ep.min_shots, s))
 
 

@@ -1,8 +1,9 @@
 """The compact numeric encoding shared by training and prediction.
 
 Per task and column: z-score with the mean and standard deviation of the **shot rows only** (ddof 1,
-std floored), missing values -> the shot mean, then ``clip(round(z * 120 + 500), 0, 999)`` as an integer
-(MachineLearningLM's mapping, with the upper clip its code forgot). Non-numeric columns of user tables
+std floored), missing values -> the shot mean, then ``int(clip(z * 120 + 500, 0, 999))`` (MachineLearningLM's
+mapping, truncation included, with an upper clip its code does not have: a code is one token of the embedded
+tokenizer, and only values more than 4.2 standard deviations above the shots' mean reach it). Non-numeric columns of user tables
 are ordinal-coded first, with their own codes for unseen categories and for missing values.
 """
 
@@ -46,7 +47,7 @@ def quantise(shots: np.ndarray, queries: np.ndarray | None = None) -> tuple[np.n
         x = np.where(np.isnan(x), mean, x)
         with np.errstate(over="ignore"):  # a query far beyond the shots' range is clipped to 0 or 999
             z = (x - mean) / std
-            return np.clip(np.rint(z * SCALE + CENTER), LOW, HIGH).astype(np.int16)
+            return np.floor(np.clip(z * SCALE + CENTER, LOW, HIGH)).astype(np.int16)
 
     return codes(shots), (None if queries is None else codes(queries))
 

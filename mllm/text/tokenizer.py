@@ -30,8 +30,8 @@ def _template_texts() -> list[str]:
     rng = np.random.default_rng(0)
     texts = [prompt.SYSTEM_PROMPT, prompt.OUTPUT_REQUIREMENTS, "system\nuser\nassistant\n"]
     for k in range(2, 11):
-        shots = rng.integers(0, 1000, size=(3, 5))
-        msgs = prompt.messages(shots, np.arange(3) % k, shots[:2], k, np.arange(2) % k)
+        shots = rng.integers(0, 1000, size=(k, 5))
+        msgs = prompt.messages(shots, np.arange(k), shots[:2], np.arange(2) % k)
         texts.extend(m["content"] for m in msgs)
     return texts
 

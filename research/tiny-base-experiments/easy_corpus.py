@@ -38,7 +38,7 @@ for t in range(n):
             X[i] = X[j]; y[i] = y[j]
     K = int(y.max()) + 1
     shots, queries = quantise(X[:m], X[m:])
-    seq = fit_to_budget(tok, shots, y[:m], queries, y[m:], K, 2048, 8)
+    seq = fit_to_budget(tok, shots, y[:m], queries, y[m:], 2048, 8)
     recs.append(corpus_record(t, "easy", d, K, q, seq))
 for name in ("full", "warmup"):
     write_corpus_shard(recs, Path(out, name, "shard-00000.parquet"))

@@ -30,7 +30,7 @@ for t in range(n):
         queries = np.clip(queries + rng.integers(-noise, noise + 1, size=queries.shape), 0, 999)
     y, yq = yR[idx], yR[qi]
     if len(np.unique(y)) < 2: continue
-    seq = fit_to_budget(tok, shots, y, queries, yq, k, 2048, 8)
+    seq = fit_to_budget(tok, shots, y, queries, yq, 2048, 8)
     recs.append(corpus_record(t, "recall", d, k, q, seq))
 for name in ("full", "warmup"):
     write_corpus_shard(recs, Path(out, name, "shard-00000.parquet"))
