@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from mllm.core import tracking
 from mllm.core.atomic import atomic_dir, write_json_atomic
 from mllm.core.params import load_params
-from mllm.evaluation.models import in_context, models_to_evaluate, release_memory
+from mllm.evaluation.models import in_context, label_capacity_of, models_to_evaluate, release_memory
 from mllm.evaluation.plots import write_curve_csv, write_pngs
 from mllm.evaluation.suite import baseline, evaluate_dataset, in_table_order, load_suite, suite_id, summarise
 
@@ -33,10 +33,10 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     ep = params.evaluate
-    tables, skipped = load_suite(ep)
+    refs, champion_version = models_to_evaluate(params, model)
+    tables, skipped = load_suite(ep, label_capacity_of(refs))
     for name, why in skipped.items():
         logger.warning("skipping table %s: %s", name, why)
-    refs, champion_version = models_to_evaluate(params, model)
     logger.info("evaluating %s on %d tables, shots %s, seeds %s", ", ".join(refs), len(tables), ep.shots, ep.seeds)
     t0 = time.perf_counter()
     rows, names = [], [*refs, *ep.baselines]

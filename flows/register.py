@@ -17,17 +17,19 @@ from mllm.model.train import FINAL, RUN_FILE
 from mllm.registry.promotion import register
 
 
-def _inputs(train: str, evaluation: str) -> tuple[Path, dict, str | None]:
+def _inputs(train: str, evaluation: str, model: str | None = None) -> tuple[Path, dict, str | None]:
+    """The model to register (``model``: any HF model directory, e.g. a released checkpoint; default the
+    train stage's), the evaluation that measured it, and the training run to log into (if it has one)."""
     train_dir = Path(train)
-    model = train_dir / FINAL
-    if not model.is_dir():
-        raise InputError(f"no trained model at {model} (run the train stage first)")
+    path = Path(model) if model else train_dir / FINAL
+    if not path.is_dir():
+        raise InputError(f"no model at {path}" + ("" if model else " (run the train stage first)"))
     if not Path(evaluation).is_file():
         raise InputError(f"no evaluation summary at {evaluation} (run the evaluate stage first)")
     summary = json.loads(Path(evaluation).read_text())
     run_file = train_dir / RUN_FILE
-    run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
-    return model, summary, run_id
+    run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() and not model else None
+    return path, summary, run_id
 
 
 @contextlib.contextmanager
@@ -56,10 +58,10 @@ def registry_lock(registered_model: str, timeout_s: float = 900) -> Iterator[boo
 @flow(name="register")
 def register_flow(params_path: str = "params.yaml", train: str = "data/train",
                   evaluation: str = "metrics/evaluate.json", out: str = "metrics/registry.json",
-                  overrides: dict | None = None) -> dict:
+                  overrides: dict | None = None, model_dir: str | None = None) -> dict:
     logger = get_run_logger()
     params = load_params(params_path, overrides)
-    model, summary, run_id = _inputs(train, evaluation)
+    model, summary, run_id = _inputs(train, evaluation, model_dir)
     if Path(summary["models"].get("trained", "")).resolve() != model.resolve():
         raise InputError(f"{evaluation} measured {summary['models'].get('trained')}, not {model}: rerun evaluate")
     ep = params.evaluate
@@ -75,7 +77,8 @@ def register_flow(params_path: str = "params.yaml", train: str = "data/train",
 
 
 def run_register(params_path: str = "params.yaml", train: str = "data/train", evaluation: str = "metrics/evaluate.json",
-                 out: str = "metrics/registry.json", overrides: dict | None = None) -> dict:
+                 out: str = "metrics/registry.json", overrides: dict | None = None, model_dir: str | None = None) -> dict:
     load_params(params_path, overrides)
-    _inputs(train, evaluation)
-    return register_flow(params_path=params_path, train=train, evaluation=evaluation, out=out, overrides=overrides)
+    _inputs(train, evaluation, model_dir)
+    return register_flow(params_path=params_path, train=train, evaluation=evaluation, out=out, overrides=overrides,
+                         model_dir=model_dir)

@@ -5,6 +5,7 @@ Exit codes: 0 done, 1 a stage ran and failed (data checks, training), 2 bad inpu
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -203,6 +204,8 @@ def register(
     train: Annotated[str, typer.Option(help="train stage output")] = "data/train",
     evaluation: Annotated[str, typer.Option(help="evaluate stage summary")] = "metrics/evaluate.json",
     out: Annotated[str, typer.Option(help="the decision record")] = "metrics/registry.json",
+    model: Annotated[str | None, typer.Option(help="register this model directory instead of TRAIN/model (any HF "
+                                                   "model dir, e.g. the released checkpoint; evaluate it first)")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Register the trained model (alias candidate); make it champion only if it beats the champion."""
@@ -210,7 +213,7 @@ def register(
     def start(overrides):
         from flows.register import run_register
 
-        return run_register(params, train, evaluation, out, overrides)
+        return run_register(params, train, evaluation, out, overrides, model)
 
     r = _run(params, set_, start)
     typer.echo(f"registered {r['name']} version {r['version']} (alias candidate); "
@@ -325,6 +328,37 @@ def serve(
 
     typer.echo(f"serving deployment pipeline/{pp.deployment} on cron '{pp.cron}' (repo {Path(repo).resolve()})")
     pipeline_flow.serve(name=pp.deployment, cron=pp.cron, parameters={"repo": str(Path(repo).resolve())})
+
+
+@app.command("import-corpus")
+def import_corpus(
+    src: Annotated[str, typer.Argument(help="a LLaMA-Factory dataset file (.json or .jsonl), e.g. the authors' corpus")],
+    name: Annotated[str, typer.Option(help="the corpus name a training stage uses (train.stages[].corpus)")],
+    params: ParamsOpt = "params.yaml",
+    out: Annotated[str, typer.Option(help="corpus directory (the encode stage's)")] = "data/corpus",
+    tokenizer: Annotated[str | None, typer.Option(help="counts tokens; default: params encode.tokenizer")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Import a corpus in MachineLearningLM's LLaMA-Factory format (sharegpt messages or alpaca) as corpus
+    shards under OUT/NAME, for `train.stages[].corpus: NAME`."""
+
+    def start(overrides):
+        from mllm.core.errors import InputError
+        from mllm.core.params import CORPUS_NAME, load_params
+        from mllm.text.corpus import import_corpus as run_import
+        from mllm.text.tokenizer import load_tokenizer
+
+        if not re.fullmatch(CORPUS_NAME, name):
+            raise InputError(f"corpus name {name!r}: letters, digits, '_', '.', '-' only")
+        tok = load_tokenizer(tokenizer or load_params(params, overrides).encode.tokenizer)
+        try:
+            return run_import(src, Path(out) / name, tok)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+
+    s = _run(params, set_, start)
+    typer.echo(f"imported {s['sequences']} sequences ({s['tokens']} tokens, longest {s['max_tokens']}) "
+               f"-> {out}/{name} ({s['shards']} shards)")
 
 
 @app.command("plant")

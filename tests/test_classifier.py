@@ -61,10 +61,10 @@ def test_random_state_ensembles_are_deterministic():
     np.testing.assert_array_equal(a, b)
 
 
-def test_more_than_ten_classes_is_a_clear_error():
-    X = np.arange(44, dtype=float).reshape(-1, 1)
-    with pytest.raises(ValueError, match="11 classes; MLLMClassifier supports at most 10"):
-        MLLMClassifier(model=TINY).fit(X, np.arange(44) % 11)
+def test_more_classes_than_the_model_scores_is_a_clear_error():
+    X = np.arange(404, dtype=float).reshape(-1, 1)
+    with pytest.raises(ValueError, match="101 classes; at most 100 are supported"):
+        MLLMClassifier(model=TINY).fit(X, np.arange(404) % 101)
 
 
 def test_default_model_without_a_champion_names_the_problem(tmp_path, monkeypatch):

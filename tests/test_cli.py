@@ -17,7 +17,7 @@ def _mllm(args, env, cwd):
 @pytest.mark.parametrize("args, message", [
     (["filter", "--generated", "nope"], "nope has no manifest.json: run `mllm generate`"),
     (["encode", "--filtered", "nope"], "nope/full holds no shards: run `mllm filter`"),
-    (["train", "--corpus", "nope"], "no warmup corpus shards under nope/warmup: run `mllm encode` first"),
+    (["train", "--corpus", "nope"], "no warmup corpus shards under nope/warmup: run `mllm encode` (full, warmup) or `mllm import-corpus"),
     (["train", "-S", "model.adapter=lora", "-S", "model.base=scratch"], "set model.adapter to 'full'"),
     (["train", "-S", "train.stages=[]"], "train.stages"),
 ])

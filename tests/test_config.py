@@ -103,4 +103,7 @@ def test_name_lists_come_from_the_literal_types():
 
     assert BASELINE_NAMES == get_args(get_args(EvaluateParams.model_fields["baselines"].annotation)[0])
     assert SKLEARN_DATASETS == get_args(get_args(EvaluateParams.model_fields["sklearn_datasets"].annotation)[0])
-    assert (FULL, WARMUP) == get_args(TrainStage.model_fields["corpus"].annotation)
+    assert all(TrainStage(name="s", corpus=c, lr=1e-5, epochs=1, max_steps=None, max_examples=None).corpus == c
+               for c in (FULL, WARMUP, "MachineLearningLM_Corpus_All_0"))
+    with pytest.raises(ValueError, match="corpus"):
+        TrainStage(name="s", corpus="../elsewhere", lr=1e-5, epochs=1, max_steps=None, max_examples=None)

@@ -65,8 +65,10 @@ def test_suite_skips_tables_over_the_class_limit_and_names_bad_dirs(tmp_path):
 
     (tmp_path / "ok.csv").write_text("a,b,label\n" + "".join(f"{i},x{i % 2},{i % 3}\n" for i in range(30)))
     (tmp_path / "many.csv").write_text("a,label\n" + "".join(f"{i},{i % 12}\n" for i in range(48)))
-    tables, skipped = load_suite(section("evaluate", sklearn_datasets=["iris"], csv_dir=str(tmp_path)))
+    tables, skipped = load_suite(section("evaluate", sklearn_datasets=["iris"], csv_dir=str(tmp_path)), max_classes=10)
     assert list(tables) == ["iris", "ok"] and "12 classes" in skipped["many"]
+    tables, skipped = load_suite(section("evaluate", sklearn_datasets=[], csv_dir=str(tmp_path)))
+    assert list(tables) == ["many", "ok"] and not skipped  # the embedded model scores up to 100 labels
     with _pytest.raises(TableError, match="is not a directory"):
         load_suite(section("evaluate", sklearn_datasets=[], csv_dir=str(tmp_path / "nope")))
 

@@ -80,7 +80,8 @@ def test_chunks_and_ensemble(tok, model):
 @pytest.mark.parametrize("mutate, message", [
     (lambda c, y, q: (c.iloc[:0], y[:0], q), "no rows"),
     (lambda c, y, q: (c, np.array(["a"] * len(c)), q), "single class"),
-    (lambda c, y, q: (c, np.array([f"c{i % 11}" for i in range(len(c))]), q), "11 classes; at most 10"),
+    (lambda c, y, q: (pd.concat([c] * 101), np.array([f"c{i % 101}" for i in range(101 * len(c))]), q),
+     "101 classes; at most 100"),
     (lambda c, y, q: (c, y, q.iloc[:0]), "no rows to predict"),
 ])
 def test_bad_tables(tok, model, mutate, message):

@@ -108,7 +108,7 @@ def test_cli_predict_and_promote(tmp_path, store):
     ("", "not a readable CSV"),
     ("a\n1\n2\n", "needs at least one feature column and a label column"),
     ("a,label\n1,x\n2,x\n3,x\n", "single class"),
-    ("a,label\n" + "".join(f"{i},{i}\n" for i in range(12)), "12 classes; at most 10"),
+    ("a,label\n" + "".join(f"{i},{i}\n" for i in range(101)), "101 classes; at most 100"),
 ])
 def test_cli_predict_bad_context(tmp_path, content, message):
     model = save_tiny_model(tmp_path / "m")

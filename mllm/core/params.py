@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mllm.core.errors import InputError
 
-MAX_CLASSES = 10  # the label vocabulary of the paper's recipe; more classes is a different problem
+MAX_CLASSES = 10  # classes of a synthetic task (the paper's prior)
+MAX_LABELS = 100  # classes of a table the in-context model predicts (the authors' benchmark goes to 100)
 MAX_QUERIES = 50  # query rows one prompt answers at most (the paper's)
 
 Prior = Literal["mlp", "tree", "mix"]
 NumberMode = Literal["whole", "digits"]  # 0..999 one token each (LLaMA-3 style) or digit tokens (Qwen2)
+CORPUS_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a corpus directory: the encode stage's two, or imported ones
 CorpusName = Literal["full", "warmup"]  # the filter stage's two task sets and the encode stage's two corpora
 SklearnDataset = Literal["iris", "wine", "breast_cancer", "digits"]  # bundled with scikit-learn: load offline
 BaselineName = Literal["knn", "random_forest", "xgboost", "logistic_regression", "majority"]
@@ -197,7 +199,9 @@ class TrainStage(_Strict):
     """One curriculum stage: a corpus, a learning rate, and how long."""
 
     name: str
-    corpus: CorpusName
+    corpus: str = Field(pattern=CORPUS_NAME, description=(
+        "a corpus directory under the corpus dir: full or warmup (the encode stage's), or one written by "
+        "`mllm import-corpus` (e.g. the authors' LLaMA-Factory files)"))
     lr: float = Field(gt=0.0)
     epochs: float = Field(gt=0.0)
     max_steps: int | None = Field(ge=1, description="optimizer steps; caps epochs")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mllm.core.params import EvaluateParams, Params
+from mllm.core.params import MAX_LABELS, EvaluateParams, Params
 from mllm.evaluation.suite import PredictFn
 from mllm.inference.predict import Predictor
 from mllm.model.loading import ModelError, load_trained_with_tokenizer, resolve_base
@@ -17,6 +17,14 @@ def in_context(ref: str, ep: EvaluateParams, seed: int) -> PredictFn:
     pred = Predictor(*load_trained_with_tokenizer(resolve(resolve_base(ref))), max_queries=ep.max_queries,
                      n_ensemble=ep.n_ensemble, seed=seed)
     return pred.predict_proba
+
+
+def label_capacity_of(refs: dict[str, str]) -> int:
+    """The most classes every one of these in-context models can score (their tokenizers' single-token labels)."""
+    from mllm.inference.scoring import label_capacity
+    from mllm.text.tokenizer import load_tokenizer
+
+    return min((label_capacity(load_tokenizer(resolve(resolve_base(ref)))) for ref in refs.values()), default=MAX_LABELS)
 
 
 def release_memory() -> None:

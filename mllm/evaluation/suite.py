@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from mllm.core.params import BASELINE_NAMES, MAX_CLASSES, SKLEARN_DATASETS, EvaluateParams
+from mllm.core.params import BASELINE_NAMES, MAX_LABELS, SKLEARN_DATASETS, EvaluateParams
 from mllm.inference.table import TableError, load_table
 from mllm.text.encoding import LabelMap, ordinal_encode
 
@@ -151,10 +151,11 @@ def in_table_order(rows: list[dict], tables: list[str], models: list[str], shots
     return sorted(rows, key=lambda r: tuple(o[r[k]] for o, k in zip(order, keys, strict=True)))
 
 
-def load_suite(ep: EvaluateParams) -> tuple[dict[str, tuple[pd.DataFrame, pd.Series]], dict[str, str]]:
-    """The evaluation tables named by params, checked before any model runs. Tables the in-context model
-    cannot take (more than 10 classes, a single class) are skipped with the reason; an unreadable CSV is an
-    error that names it."""
+def load_suite(ep: EvaluateParams, max_classes: int = MAX_LABELS) -> tuple[dict[str, tuple[pd.DataFrame, pd.Series]],
+                                                                          dict[str, str]]:
+    """The evaluation tables named by params, checked before any model runs. Tables the in-context models
+    cannot take (more than ``max_classes`` classes: what every model compared can score; a single class) are
+    skipped with the reason; an unreadable CSV is an error that names it."""
     tables: dict[str, tuple[pd.DataFrame, pd.Series]] = {}
     all_sk = sklearn_datasets() if ep.sklearn_datasets else {}
     for name in ep.sklearn_datasets:
@@ -171,8 +172,8 @@ def load_suite(ep: EvaluateParams) -> tuple[dict[str, tuple[pd.DataFrame, pd.Ser
     skipped = {}
     for name, (_, y) in list(tables.items()):
         k = y.nunique()
-        if k > MAX_CLASSES or k < 2:
-            skipped[name] = f"{k} classes (the in-context model takes 2..{MAX_CLASSES})"
+        if k > max_classes or k < 2:
+            skipped[name] = f"{k} classes (the in-context models compared take 2..{max_classes})"
             del tables[name]
     return tables, skipped
 

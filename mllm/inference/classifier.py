@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from mllm.core.params import MAX_CLASSES, MAX_QUERIES
+from mllm.core.params import MAX_QUERIES
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.inference.table import check_finite
 from mllm.model.references import DEFAULT_REF, resolve
@@ -86,14 +86,15 @@ class MLLMClassifier(ClassifierMixin, BaseEstimator):
         if len(y) != len(X_):
             raise ValueError(f"X has {len(X_)} rows but y has {len(y)} labels")
         self.classes_ = np.unique(y)
-        if self.classes_.size > MAX_CLASSES:
-            raise ValueError(f"y has {self.classes_.size} classes; MLLMClassifier supports at most {MAX_CLASSES}")
         if not 1 <= self.max_queries <= MAX_QUERIES:
             raise ValueError(f"max_queries must be 1..{MAX_QUERIES}, got {self.max_queries}")
         if self.n_ensemble < 1:
             raise ValueError(f"n_ensemble must be >= 1, got {self.n_ensemble}")
         self._model_ref = self.model or DEFAULT_REF
-        _load(self._model_ref)  # a bad model reference fails here, not at predict time
+        from mllm.inference.scoring import check_labels
+
+        # a bad model reference, or more classes than the model can score, fails here, not at predict time
+        check_labels(_load(self._model_ref)[1], self.classes_.size)
         self.X_, self.y_ = X_, y
         return self
 

@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from mllm.core.errors import InputError
-from mllm.core.params import MAX_CLASSES
+from mllm.core.params import MAX_LABELS
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.inference.retrieval import nearest_shots
 from mllm.inference.table import check_finite
-from mllm.inference.scoring import label_token_ids
+from mllm.inference.scoring import check_labels, label_token_ids
 from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
 
@@ -69,8 +69,8 @@ def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame) -> En
     labels = LabelMap.fit(y.to_numpy())
     if labels.n_classes < 2:
         raise PredictionError(f"the context holds a single class ({labels.classes[0]!r}); at least 2 are needed")
-    if labels.n_classes > MAX_CLASSES:
-        raise PredictionError(f"the context holds {labels.n_classes} classes; at most {MAX_CLASSES} are supported")
+    if labels.n_classes > MAX_LABELS:
+        raise PredictionError(f"the context holds {labels.n_classes} classes; at most {MAX_LABELS} are supported")
     check_finite(context, "context")
     check_finite(queries, "query")
     s_num, q_num, _ = ordinal_encode(context.reset_index(drop=True), queries.reset_index(drop=True))
@@ -269,6 +269,10 @@ class Predictor:
     def predict_proba_encoded(self, enc: Encoded) -> np.ndarray:
         """(n_queries, K) probabilities, averaged over ``n_ensemble`` seeded row/column permutations."""
         k = enc.labels.n_classes
+        try:
+            check_labels(self.tokenizer, k)
+        except InputError as err:
+            raise PredictionError(f"the context: {err}") from None
         if self.decode == "batched":
             out = np.zeros((enc.queries.shape[0], k))
             for block in self.plan(enc):

@@ -1,15 +1,31 @@
 """Label scoring: the predictor reads the model's probability of every label at each answer position
-instead of parsing generated text, so every query gets a full probability vector. Labels must be single
-tokens (true of 0..9 in the embedded tokenizer and in Qwen's)."""
+instead of parsing generated text, so every query gets a full probability vector. Labels are scored as
+single tokens: 0..999 in the embedded tokenizer (whole numbers), 0..9 in Qwen's (digits one by one)."""
 
 from __future__ import annotations
 
+from mllm.core.errors import InputError
+from mllm.core.params import MAX_LABELS
+
+
+def label_capacity(tokenizer) -> int:
+    """How many labels 0, 1, 2, ... this tokenizer writes as one token each (at most ``MAX_LABELS``)."""
+    for k in range(MAX_LABELS):
+        if len(tokenizer.encode(str(k), add_special_tokens=False)) != 1:
+            return k
+    return MAX_LABELS
+
+
+def check_labels(tokenizer, n_classes: int) -> None:
+    """A named error, before any work, when a table has more classes than the model can score."""
+    if n_classes > MAX_LABELS:
+        raise InputError(f"{n_classes} classes; at most {MAX_LABELS} are supported")
+    cap = label_capacity(tokenizer)
+    if n_classes > cap:
+        raise InputError(f"{n_classes} classes, but this model's tokenizer writes only labels 0..{cap - 1} as single "
+                         f"tokens and mllm scores single-token labels: at most {cap} classes with this model")
+
 
 def label_token_ids(tokenizer, n_classes: int) -> list[int]:
-    ids = []
-    for k in range(n_classes):
-        toks = tokenizer.encode(str(k), add_special_tokens=False)
-        if len(toks) != 1:
-            raise ValueError(f"label {k} is {len(toks)} tokens in this tokenizer; scoring needs single-token labels")
-        ids.append(toks[0])
-    return ids
+    check_labels(tokenizer, n_classes)
+    return [tokenizer.encode(str(k), add_special_tokens=False)[0] for k in range(n_classes)]

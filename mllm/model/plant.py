@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 
-from mllm.core.params import PlantParams
+from mllm.core.params import MAX_LABELS, PlantParams
 from mllm.text.prompt import answer_piece
 
 PLANT_RECORD = "plant.json"  # beside the weights: the settings and the weights' sha256
@@ -44,7 +44,7 @@ GATE = 12.0                       # softmax margin of every either/or head (nats
 
 # residual layout
 TOK = slice(0, 64)                # token identity (random, small)
-CONST, SINK, COMMA, COLON, NEWL, BAR, NUM, DIGIT = range(64, 72)   # DIGIT: the tokens 0..9 (labels)
+CONST, SINK, COMMA, COLON, NEWL, BAR, NUM, DIGIT = range(64, 72)   # DIGIT: the label tokens 0..MAX_LABELS-1
 NX, D = 16, 96                    # exact-identity code dims; summary dims
 EX = slice(96, 112)               # exact identity of a number
 PREV, PCOMMA, PCOLON, PBAR = slice(112, 128), 128, 129, 130
@@ -151,7 +151,7 @@ def plant_base(tokenizer, settings: PlantParams):
             emb[ids(token), dim] = A
         nums = [ids(str(i)) for i in range(1000)]
         emb[nums, NUM] = A
-        emb[nums[:10], DIGIT] = A
+        emb[nums[:MAX_LABELS], DIGIT] = A
         code = value_code(settings.nfreq, settings.sigma_f).double()
         # QR and products in float64, cast once on assignment: float32 results would depend on how the
         # BLAS splits the work (thread count, instruction set), and so would the bytes of the base
@@ -234,12 +234,12 @@ def plant_base(tokenizer, settings: PlantParams):
         a.q_proj.bias[r + flag_d] = label_bonus * sc
         a.k_proj.weight[r + flag_d, PBAR] = 1.0 / A
         copy(a, r, TOK, TOK, matrix=gain * eye(TOK.stop))
-        a.v_proj.weight[r + TOK.stop, DIGIT] = 1.0      # every voter is a digit: lift all ten labels
+        a.v_proj.weight[r + TOK.stop, DIGIT] = 1.0      # every voter is a label token: lift all labels
         a.o_proj.weight[DIGIT, r + TOK.stop] = gain
         # the vote dominates the last norm, which caps logit gaps near sqrt(HIDDEN) |TOK|^2 / |TOK| ~ 1:
         # scale the token dims of the final norm so a clean vote is a confident one (gap ~6)
         model.model.norm.weight[TOK] = 6.0
-        model.model.norm.weight[DIGIT] = 60.0           # + ~8 on the digits over the other 1,457 tokens
+        model.model.norm.weight[DIGIT] = 60.0           # + ~8 on the label tokens over all other tokens
     return model
 
 

@@ -45,7 +45,8 @@ def corpus_paths(corpus_dir: str | Path, name: str, part: list[int] | None = Non
     """The shards of corpus ``name``; with ``part`` [i, n], the i-th of n contiguous slices of them."""
     paths = sorted((Path(corpus_dir) / name).glob("shard-*.parquet"))
     if not paths:
-        raise TrainingError(f"no {name} corpus shards under {corpus_dir}/{name}: run `mllm encode` first")
+        raise TrainingError(f"no {name} corpus shards under {corpus_dir}/{name}: run `mllm encode` (full, warmup) "
+                            f"or `mllm import-corpus FILE --name {name}` first")
     if part is None:
         return paths
     i, n = part

@@ -37,13 +37,13 @@ def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool, ans
     ``answer_loss``: "all" (the whole answer) or "labels" (only its label values)."""
     if answer_loss not in ("all", "labels"):
         raise ValueError(f"answer_loss must be 'all' or 'labels', not {answer_loss!r}")
-    if [m["role"] for m in messages] != ["system", "user", "assistant"]:
-        raise ValueError("a training sequence must be system, user, assistant messages")
-    prompt = tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    if [m["role"] for m in messages] not in (["system", "user", "assistant"], ["user", "assistant"]):
+        raise ValueError("a training sequence must be system (optional), user, assistant messages")
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("the chat template renders the prompt differently with and without the answer")
-    answer_end = len(prompt) + len(messages[2]["content"])
+    answer_end = len(prompt) + len(messages[-1]["content"])
     eos = tokenizer.eos_token or ""
     if full.startswith(eos, answer_end):
         answer_end += len(eos)  # the model must also learn to stop
@@ -55,12 +55,12 @@ def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool, ans
         mask = (offsets[:, 0] >= len(prompt)) & (offsets[:, 1] <= answer_end) & real
     else:
         mask = np.zeros(len(ids), dtype=bool)
-        for hit in ANSWER_LABEL.finditer(messages[2]["content"]):
+        for hit in ANSWER_LABEL.finditer(messages[-1]["content"]):
             a, b = len(prompt) + hit.start(1), len(prompt) + hit.end(1)
             mask |= (offsets[:, 0] >= a) & (offsets[:, 1] <= b) & real
     if shot_label_loss:
-        user_at = full.find(messages[1]["content"])
-        for a, b in shot_label_spans(messages[1]["content"]):
+        user_at = full.find(messages[-2]["content"])
+        for a, b in shot_label_spans(messages[-2]["content"]):
             a, b = a + user_at, b + user_at
             mask |= (offsets[:, 0] >= a) & (offsets[:, 1] <= b) & real
     labels = np.where(mask, ids, IGNORE)

@@ -159,3 +159,101 @@ def summarise(stats: list[dict]) -> dict:
         "skipped": dict(skipped),
     }
 
+
+
+# LLaMA-Factory's dataset formats (data/README.md there): sharegpt-style role lists under ``messages`` or
+# ``conversations`` (role/content or from/value tags, an optional ``system`` column), or alpaca columns.
+_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+
+
+def llamafactory_messages(record: dict, where: str) -> list[dict]:
+    """System (optional), user and assistant messages of one LLaMA-Factory dataset record."""
+    if "instruction" in record and "output" in record:  # alpaca: the user turn is instruction + "\n" + input
+        user = "\n".join(t for t in (record["instruction"], record.get("input") or "") if t)
+        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    else:
+        raw = record.get("messages", record.get("conversations"))
+        if not isinstance(raw, list):
+            raise ValueError(f"{where}: neither sharegpt (messages / conversations) nor alpaca (instruction, "
+                             f"output) columns; keys {sorted(record)[:8]}")
+        turns = []
+        for m in raw:
+            role = _ROLES.get(str(m.get("role", m.get("from"))))
+            content = m.get("content", m.get("value"))
+            if role is None or not isinstance(content, str):
+                raise ValueError(f"{where}: a message is not role/content (or from/value): {str(m)[:80]}")
+            turns.append({"role": role, "content": content})
+    if record.get("system") and (not turns or turns[0]["role"] != "system"):
+        turns.insert(0, {"role": "system", "content": record["system"]})
+    if [t["role"] for t in turns] not in (["system", "user", "assistant"], ["user", "assistant"]):
+        raise ValueError(f"{where}: expected system (optional), user, assistant turns; got "
+                         f"{[t['role'] for t in turns]}")
+    return turns
+
+
+def _llamafactory_records(src: Path):
+    import json
+
+    if src.suffix == ".jsonl":
+        with src.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"{src.name}:{i}", json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{src.name}:{i}: not JSON: {err}") from None
+    elif src.suffix == ".json":
+        data = json.loads(src.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ValueError(f"{src.name}: a .json dataset is an array of records")
+        for i, record in enumerate(data):
+            yield f"{src.name}[{i}]", record
+    else:
+        raise ValueError(f"{src}: a LLaMA-Factory dataset is a .json or .jsonl file")
+
+
+def import_corpus(src: str | Path, out_dir: str | Path, tokenizer, shard_size: int = 4096) -> dict:
+    """A LLaMA-Factory dataset file in MachineLearningLM's format (the authors' released corpora) -> corpus
+    shards in ``out_dir``, the encode stage's layout, so a training stage can name it. Read as a stream,
+    a shard at a time; every record must parse (prompt and answer); the directory is written whole or not
+    at all."""
+    import json
+
+    from mllm.core.atomic import atomic_dir
+
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"no dataset file {src}")
+    stats = {"sequences": 0, "tokens": 0, "max_tokens": 0, "shards": 0}
+
+    def flush(batch: list[dict], tmp: Path) -> None:
+        texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in batch]
+        for r, n in zip(batch, token_lengths(tokenizer, texts)):
+            r["n_tokens"] = n
+            stats["tokens"] += n
+            stats["max_tokens"] = max(stats["max_tokens"], n)
+        write_corpus_shard(batch, tmp / f"shard-{stats['shards']:05d}.parquet")
+        stats["shards"] += 1
+
+    with atomic_dir(out_dir) as tmp:
+        batch: list[dict] = []
+        for where, record in _llamafactory_records(src):
+            msgs = llamafactory_messages(record, where)
+            try:
+                table = prompt.parse_user_prompt(msgs[-2]["content"])
+                labels = [int(item["label"]) for item in json.loads(msgs[-1]["content"])]
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError(f"{where}: not a MachineLearningLM task: {err}") from None
+            batch.append({"task_id": stats["sequences"], "prior": "imported", "n_features": table["n_features"],
+                          "n_classes": max([table["n_classes"] - 1, *labels]) + 1,
+                          "n_shots": table["shots"].shape[0], "n_dropped": 0,
+                          "n_queries": table["queries"].shape[0], "n_tokens": 0, "messages": msgs})
+            stats["sequences"] += 1
+            if len(batch) == shard_size:
+                flush(batch, Path(tmp))
+                batch = []
+        if batch:
+            flush(batch, Path(tmp))
+        if not stats["sequences"]:
+            raise ValueError(f"{src}: no records")
+    return stats
