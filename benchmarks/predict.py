@@ -132,7 +132,7 @@ def _report_curve_and_cache(model, tok, shots, seeds, max_test, max_tables, n_ro
     one = speed(model, tok, 50, repeats)
     print(f"learning curve: mean accuracy over {len(used)} tables ({', '.join(used)}), "
           f"{len(seeds)} seed(s), up to {max_test} test rows each")
-    table = curve.groupby(["shots", "model"]).accuracy.mean().unstack("model")
+    table = curve[curve.seed.astype(str) != "vote"].groupby(["shots", "model"]).accuracy.mean().unstack("model")
     print(table.round(3).to_string())
     print(f"per row at M=128, 50 test rows (one chunk): cached {one['cached_50'] * 1000:.1f} ms, one query per "
           f"prompt {one['one_per_prompt'] * 1000:.1f} ms (ratio {one['one_per_prompt'] / one['cached_50']:.1f})")

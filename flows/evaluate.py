@@ -16,14 +16,24 @@ from mllm.core.atomic import atomic_dir, write_json_atomic
 from mllm.core.params import load_params
 from mllm.evaluation.models import in_context, label_capacity_of, models_to_evaluate, release_memory
 from mllm.evaluation.plots import write_curve_csv, write_pngs
-from mllm.evaluation.suite import baseline, evaluate_dataset, in_table_order, load_suite, suite_id, summarise
+from mllm.evaluation.suite import (
+    VOTE,
+    baseline,
+    evaluate_dataset,
+    in_table_order,
+    load_suite,
+    suite_id,
+    summarise,
+)
 
 RESULTS = "results.csv"
+TABLES = "tables"  # <dataset>/shots-<n>.csv: every model's rows (per seed and voted) for one table and shot count
 
 
 @task(name="evaluate-table", task_run_name="evaluate-{name}", cache_policy=NONE)
-def evaluate_table(name: str, X, y, fns: dict, shots: list[int], seeds: list[int], max_test: int | None) -> list[dict]:
-    return evaluate_dataset(name, X, y, fns, shots, seeds, max_test=max_test)
+def evaluate_table(name: str, X, y, fns: dict, shots: list[int], seeds: list[int], max_test: int | None,
+                   test_chunk: int) -> list[dict]:
+    return evaluate_dataset(name, X, y, fns, shots, seeds, max_test=max_test, test_chunk=test_chunk)
 
 
 @flow(name="evaluate")
@@ -43,7 +53,7 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
     for model_name in names:  # one in-context model in memory at a time
         fn = in_context(refs[model_name], ep, params.seed) if model_name in refs else baseline(model_name, params.seed)
         for name, (X, y) in tables.items():
-            rows += evaluate_table(name, X, y, {model_name: fn}, ep.shots, ep.seeds, ep.max_test)
+            rows += evaluate_table(name, X, y, {model_name: fn}, ep.shots, ep.seeds, ep.max_test, ep.test_chunk)
         del fn
         release_memory()
     rows = in_table_order(rows, list(tables), names, ep.shots, ep.seeds)
@@ -52,10 +62,15 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
     summary["models"] = refs
     summary["champion_version"] = champion_version
     summary["seconds"] = round(seconds, 1)
+    per_seed = [r for r in rows if r["seed"] != VOTE]  # the curves: seeds averaged, as ever
     with atomic_dir(out) as tmp:
-        pd.DataFrame(rows).to_csv(Path(tmp) / RESULTS, index=False)
-        pngs = write_pngs(rows, tmp)
-    write_curve_csv(rows, curve)
+        table = pd.DataFrame(rows)
+        table.to_csv(Path(tmp) / RESULTS, index=False)
+        for (dataset, shots), part in table.groupby(["dataset", "shots"], sort=False):  # the authors' per-file view
+            (Path(tmp) / TABLES / dataset).mkdir(parents=True, exist_ok=True)
+            part.to_csv(Path(tmp) / TABLES / dataset / f"shots-{shots}.csv", index=False)
+        pngs = write_pngs(per_seed, tmp)
+    write_curve_csv(per_seed, curve)
     write_json_atomic(metrics, summary)
     mean = summary["mean_accuracy"]
     logger.info("mean accuracy: %s", ", ".join(f"{m} {v:.3f}" for m, v in mean.items()))
@@ -65,16 +80,19 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
         mlflow.log_params(tracking.flatten({"seed": params.seed, "evaluate": ep.model_dump(mode="json"),
                                             "models": refs}))
         mlflow.log_metrics({f"mean_accuracy.{m}": v for m, v in mean.items() if v is not None})
+        mlflow.log_metrics({f"mean_accuracy_vote.{m}": v for m, v in summary["mean_accuracy_vote"].items()
+                            if v is not None})
         for m, by in summary["accuracy_by_shots"].items():
             for n, v in by.items():
                 if v is not None:
                     mlflow.log_metric(f"accuracy.{m}", v, step=int(n))
         if "quality_bar" in summary:
             mlflow.log_metric("lift_over_majority_at_128", summary["quality_bar"]["lift_over_majority"] or 0.0)
-        per_table = pd.DataFrame(rows).groupby(["dataset", "model"]).accuracy.mean().unstack("model").reset_index()
+        per_table = pd.DataFrame(per_seed).groupby(["dataset", "model"]).accuracy.mean().unstack("model").reset_index()
         mlflow.log_table(per_table, artifact_file="accuracy_by_table.json")
         for png in pngs:
             mlflow.log_artifact(str(Path(out) / png.name), artifact_path="plots")
+        mlflow.log_artifacts(str(Path(out) / TABLES), artifact_path=TABLES)
         mlflow.log_artifact(metrics)
     return summary
 

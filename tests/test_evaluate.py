@@ -87,12 +87,48 @@ def test_mostly_numeric_text_columns_become_numeric_with_missing_cells():
 def test_summary_has_the_quality_bar():
     from mllm.evaluation.suite import summarise
 
-    rows = [{"dataset": "t", "model": m, "shots": n, "seed": 0, "accuracy": acc, "balanced_accuracy": acc,
-             "macro_f1": acc, "roc_auc": 0.5, "log_loss": 1.0}
-            for m, n, acc in [("trained", 8, 0.5), ("trained", 128, 0.8), ("majority", 8, 0.5), ("majority", 128, 0.6)]]
+    rows = [{"dataset": "t", "model": m, "shots": n, "seed": seed, "nn_shots": False, "accuracy": acc,
+             "balanced_accuracy": acc, "macro_f1": acc, "weighted_f1": acc, "roc_auc": 0.5, "log_loss": 1.0}
+            for m, n, acc, seed in [("trained", 8, 0.5, 0), ("trained", 128, 0.8, 0), ("majority", 8, 0.5, 0),
+                                    ("majority", 128, 0.6, 0), ("trained", 8, 0.7, "vote"), ("trained", 128, 0.9, "vote"),
+                                    ("majority", 8, 0.5, "vote"), ("majority", 128, 0.6, "vote")]]
     s = summarise(rows, {}, "suite")
     assert s["quality_bar"] == {"shots": 128, "lift_over_majority": 0.2, "rising": True}
-    assert s["mean_accuracy"] == {"majority": 0.55, "trained": 0.65}
+    assert s["mean_accuracy"] == {"majority": 0.55, "trained": 0.65}  # per seed: the votes kept apart
+    assert s["mean_accuracy_vote"] == {"majority": 0.55, "trained": 0.8}
+    assert s["vote_accuracy_by_shots"]["trained"] == {"8": 0.7, "128": 0.9}
+
+
+def test_the_authors_split_draws_and_orders():
+    """The rows a model is given are the authors' (data_chunk_prep.py): an unstratified 80/20 split with seed 42,
+    per test chunk of 50 a sample of the training part with random_state 42 + chunk, then per seed the rows
+    shuffled (random_state seed) and the columns (Python's random with the seed); probabilities voted."""
+    import random
+
+    from sklearn.model_selection import train_test_split
+
+    X, y = sklearn_datasets()["wine"]
+    calls = []
+
+    def record(ctx, ctx_y, test):
+        calls.append((list(ctx.index), list(ctx.columns), list(test.index)))
+        return baseline("knn", 0)(ctx, ctx_y, test)
+
+    rows = evaluate_dataset("wine", X, y, {"knn": record}, [16], [0, 3], max_test=None, test_chunk=20)
+    train, test = train_test_split(X.assign(label=y), test_size=0.2, random_state=42)
+    chunks = [test[i:i + 20] for i in range(0, len(test), 20)]
+    expected = []
+    for seed in (0, 3):
+        cols = list(X.columns)
+        order = list(range(len(cols)))
+        random.seed(seed)
+        random.shuffle(order)
+        for i, chunk in enumerate(chunks):
+            shots = train.sample(n=16, random_state=42 + i).sample(frac=1, random_state=seed)
+            expected.append((list(shots.index), [cols[j] for j in order], list(chunk.index)))
+    assert calls == expected
+    assert [r["seed"] for r in rows] == [0, 3, "vote"] and not any(r["nn_shots"] for r in rows)
+    assert {"accuracy", "weighted_f1", "roc_auc"} <= set(rows[-1])
 
 
 def test_model_by_model_rows_come_out_in_the_all_at_once_order():

@@ -194,3 +194,26 @@ def test_generate_mode_parses_the_answer_or_names_the_problem(tok, model, monkey
     monkeypatch.setattr(model, "generate", answer)
     _, probs = pred.predict_proba(ctx, y, qry)
     np.testing.assert_array_equal(probs, np.eye(3)[[2, 0, 1]])
+
+
+def test_text_columns_show_as_text_to_a_model_that_reads_text():
+    """The paper feeds non-numeric columns as raw text (commas written as spaces); the embedded base reads
+    codes only, which its tokenizer's saved metadata records, so it gets ordinal codes."""
+    import json
+
+    from mllm.model.loading import TINY_BASE_DIR
+    from mllm.text.tokenizer import build_qwen25_tokenizer, load_tokenizer
+
+    ctx = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "colour": ["red", "dark, blue", None, "red"]})
+    y, q = np.array([0, 1, 0, 1]), pd.DataFrame({"x": [2.5], "colour": ["green"]})
+    p = Predictor.__new__(Predictor)
+    p.tokenizer = build_qwen25_tokenizer()
+    enc = p.encode(ctx, y, q)
+    head = prompt.user_head(enc.shot_view, enc.shot_ids)
+    assert "4 rows:  \n360,red|0\n453,dark  blue|1\n546,nan|0\n639,red|1\n" in head
+    assert prompt.user_tail(enc.query_view).startswith("1 rows:  \nID 0:500,green\n")
+    assert enc.shots.dtype.kind == "i"  # retrieval still measures codes
+    p.tokenizer = load_tokenizer(TINY_BASE_DIR)
+    assert json.loads((TINY_BASE_DIR / "mllm_tokenizer.json").read_text())["reads"] == "codes"
+    enc = p.encode(ctx, y, q)
+    assert enc.shot_cells is None and "red" not in prompt.user_head(enc.shot_view, enc.shot_ids)

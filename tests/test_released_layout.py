@@ -65,7 +65,22 @@ def test_evaluate_and_register_a_full_model_directory(released, tmp_path, prefec
     import mlflow
 
     loaded = mlflow.pyfunc.load_model(f"models:/{record['name']}@candidate")
-    X, y = load_iris(return_X_y=True, as_frame=True)
+    X = load_iris(as_frame=True).data
     table = X.iloc[[0, 1, 50, 51, 100, 101, 2, 52]].assign(label=[0, 0, 1, 1, 2, 2, None, None])
     out = loaded.predict(table)
     assert list(out.columns) == ["prediction", "proba_0.0", "proba_1.0", "proba_2.0"] and len(out) == 2
+
+
+def test_a_text_column_goes_to_a_text_reading_model_as_text(released):
+    import pandas as pd
+
+    from mllm.inference.predict import Predictor
+    from mllm.model.loading import load_trained_with_tokenizer
+
+    X = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "city": ["Paris", "Rome", "Paris, TX", None, "Rome", "Oslo"]})
+    y = [0, 1, 0, 1, 1, 0]
+    pred = Predictor(*load_trained_with_tokenizer(released))
+    enc = pred.encode(X, y, X.iloc[:2])
+    assert list(enc.shot_view[:, 1]) == ["Paris", "Rome", "Paris, TX", "nan", "Rome", "Oslo"]
+    classes, proba = pred.predict_proba(X, y, X.iloc[:2])
+    assert list(classes) == [0, 1] and proba.shape == (2, 2)

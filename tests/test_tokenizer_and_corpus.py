@@ -79,7 +79,7 @@ def _arrays(m=200, d=10, n=20, k=3, seed=0):
 
 
 def test_fit_to_budget_drops_trailing_shots_never_queries(tok):
-    shots, sl, q, ql, k = _arrays()
+    shots, sl, q, ql, _ = _arrays()
     full = fit_to_budget(tok, shots, sl, q, ql, 100_000, 8)
     assert full.n_dropped == 0 and full.n_shots == 200
     cutoff = full.n_tokens // 2
@@ -95,7 +95,7 @@ def test_fit_to_budget_drops_trailing_shots_never_queries(tok):
 
 
 def test_context_that_cannot_fit_is_refused(tok):
-    shots, sl, q, ql, k = _arrays(d=40, n=50)
+    shots, sl, q, ql, _ = _arrays(d=40, n=50)
     with pytest.raises(ContextTooLong, match="do not fit cutoff_len=2000"):
         fit_to_budget(tok, shots, sl, q, ql, 2000, 8)
 
@@ -158,3 +158,25 @@ def test_embedded_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path, tok):
     loaded = load_tokenizer(tmp_path)
     assert loaded.tokenize("512,7|1") == ["512", ",", "7", "|", "1"]
     assert loaded.get_vocab() == tok.get_vocab()
+
+
+def test_categorical_columns_are_words_for_a_model_that_reads_text(tok):
+    """Training sees text-valued columns when the model reads text (its tokenizer says nothing else); the
+    embedded tokenizer's models read codes, so their corpus keeps them numeric."""
+    import re
+
+    from mllm.text.corpus import CATEGORY_WORDS
+    from mllm.text.tokenizer import build_qwen25_tokenizer
+
+    p = section("generate", num_tasks=1, shard_size=1, shots={"min": 20, "max": 40}, features={"min": 5, "max": 8},
+                categorical_task_share=1.0)
+    task = next(t for t in (generate_task(0, i, p) for i in range(20)) if t.categorical.any())
+    ep = section("encode", cutoff_len=100_000, max_queries=5)
+    words = set(CATEGORY_WORDS)
+    text_rows = encode_task(task, build_qwen25_tokenizer(), seed=0, ep=ep).messages[1]["content"]
+    cells = [c for line in re.findall(r"^([^\n]*)\|\d+$", text_rows, re.MULTILINE) for c in line.split(",")]
+    assert any(c in words for c in cells) and any(c.isdigit() for c in cells)
+    assert text_rows == encode_task(task, build_qwen25_tokenizer(), seed=0, ep=ep).messages[1]["content"]  # seeded
+    code_rows = encode_task(task, tok, seed=0, ep=ep).messages[1]["content"]
+    cells = [c for line in re.findall(r"^([^\n]*)\|\d+$", code_rows, re.MULTILINE) for c in line.split(",")]
+    assert all(c.isdigit() for c in cells)

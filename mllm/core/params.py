@@ -251,6 +251,7 @@ class EvaluateParams(_Strict):
     shots: list[int] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     max_test: int | None = Field(ge=1, description="cap on test rows per table (None: all)")
+    test_chunk: int = Field(ge=1, description="test rows that share one draw of shots (the authors': 50)")
     baselines: list[BaselineName]
     include_base: bool = Field(description="also evaluate the untrained base model")
     compare_champion: bool = Field(description="also evaluate the registry's current champion")

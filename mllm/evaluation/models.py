@@ -11,12 +11,25 @@ from mllm.model.loading import ModelError, load_trained_with_tokenizer, resolve_
 from mllm.model.references import CHAMPION, alias_version, resolve, weights_digest
 
 
+class InContext:
+    """The predict function of an in-context model; ``retrieved`` says whether its last call answered from
+    nearest-neighbour shots (the context did not fit the window)."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor, self.retrieved = predictor, False
+
+    def __call__(self, ctx, y, test):
+        before = self.predictor.stats["retrieval_chunks"]
+        out = self.predictor.predict_proba(ctx, y, test)
+        self.retrieved = self.predictor.stats["retrieval_chunks"] > before
+        return out
+
+
 def in_context(ref: str, ep: EvaluateParams, seed: int) -> PredictFn:
     """The predict function of an in-context model (a reference: see ``models_to_evaluate``), as the
     evaluation params ask."""
-    pred = Predictor(*load_trained_with_tokenizer(resolve(resolve_base(ref))), max_queries=ep.max_queries,
-                     n_ensemble=ep.n_ensemble, seed=seed)
-    return pred.predict_proba
+    return InContext(Predictor(*load_trained_with_tokenizer(resolve(resolve_base(ref))), max_queries=ep.max_queries,
+                               n_ensemble=ep.n_ensemble, seed=seed))
 
 
 def label_capacity_of(refs: dict[str, str]) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mllm.core.atomic import atomic_path, umask
-from mllm.inference.predict import Predictor, encode_tables, prediction_frame
+from mllm.inference.predict import Predictor, prediction_frame
 
 FORMAT = "mllm-predictions-partial/1"
 
@@ -91,7 +91,7 @@ def predict_table(pred: Predictor, X: pd.DataFrame, y, queries: pd.DataFrame, ou
 
     if pred.decode != "batched":
         raise ValueError("predict_table plans blocks: it needs a Predictor with decode='batched'")
-    enc = encode_tables(X, y, queries)
+    enc = pred.encode(X, y, queries)
     classes = enc.labels.classes
     columns = list(prediction_frame(classes, np.zeros((0, classes.size))).columns)
     n = len(queries)

@@ -28,10 +28,11 @@ from mllm.core.errors import InputError
 from mllm.core.params import MAX_LABELS
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.inference.retrieval import nearest_shots
-from mllm.inference.table import check_finite
 from mllm.inference.scoring import check_labels, label_token_ids
+from mllm.inference.table import check_finite
 from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
+from mllm.text.tokenizer import reads_text
 
 # Chunks per group of similar queries when the context needs shot retrieval, at most: the group's prefix
 # (its retrieved shots, most of the window) is computed once for them all. Fewer when the window holds few
@@ -49,14 +50,34 @@ class PredictionError(InputError):
 
 @dataclass
 class Encoded:
-    shots: np.ndarray  # (m, d) int codes
+    shots: np.ndarray  # (m, d) int codes (text columns ordinal-coded): what retrieval measures
     shot_ids: np.ndarray  # (m,) label ids 0..K-1
     queries: np.ndarray  # (n, d) int codes
     labels: LabelMap
+    shot_cells: np.ndarray | None = None  # (m, d) what the prompt shows, when text columns show as text
+    query_cells: np.ndarray | None = None
+
+    @property
+    def shot_view(self) -> np.ndarray:
+        return self.shots if self.shot_cells is None else self.shot_cells
+
+    @property
+    def query_view(self) -> np.ndarray:
+        return self.queries if self.query_cells is None else self.query_cells
 
 
-def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame) -> Encoded:
-    """Shared encoder on user tables: ordinal codes, shot-only z-scores -> 0..999, labels -> 0..K-1."""
+def _cells(codes: np.ndarray, frame: pd.DataFrame, text_columns: np.ndarray) -> np.ndarray:
+    """Codes of the numeric columns and the text of the others (a missing cell as pandas writes it: nan)."""
+    out = codes.astype(object)
+    for j in np.flatnonzero(text_columns):
+        out[:, j] = ["nan" if pd.isna(v) else str(v) for v in frame.iloc[:, j]]
+    return out
+
+
+def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame, text: bool = False) -> Encoded:
+    """Shared encoder on user tables: ordinal codes, shot-only z-scores -> 0..999, labels -> 0..K-1. With
+    ``text`` (a model that reads text), non-numeric columns also keep their text for the prompt, as the paper
+    feeds them (no bucketing, no embedding); retrieval still measures their codes."""
     if len(context) == 0:
         raise PredictionError("the context table has no rows")
     if len(queries) == 0:
@@ -73,9 +94,13 @@ def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame) -> En
         raise PredictionError(f"the context holds {labels.n_classes} classes; at most {MAX_LABELS} are supported")
     check_finite(context, "context")
     check_finite(queries, "query")
-    s_num, q_num, _ = ordinal_encode(context.reset_index(drop=True), queries.reset_index(drop=True))
+    context, queries = context.reset_index(drop=True), queries.reset_index(drop=True)
+    s_num, q_num, categorical = ordinal_encode(context, queries)
     shots, qs = quantise(s_num, q_num)
-    return Encoded(shots, labels.to_ids(y.to_numpy()), qs, labels)
+    if not (text and categorical.any()):
+        return Encoded(shots, labels.to_ids(y.to_numpy()), qs, labels)
+    return Encoded(shots, labels.to_ids(y.to_numpy()), qs, labels, _cells(shots, context, categorical),
+                   _cells(qs, queries, categorical))
 
 
 @dataclass(frozen=True)
@@ -282,8 +307,8 @@ class Predictor:
         total = np.zeros((enc.queries.shape[0], k))
         for v in range(self.n_ensemble):
             rows, cols = self._member(enc, v)
-            shots, shot_ids, queries = enc.shots[rows][:, cols], enc.shot_ids[rows], enc.queries[:, cols]
-            total += self._predict_one(shots, shot_ids, queries, k, cand)
+            total += self._predict_one(enc.shots[rows][:, cols], enc.shot_ids[rows], enc.queries[:, cols], k, cand,
+                                       enc.shot_view[rows][:, cols], enc.query_view[:, cols])
         return total / self.n_ensemble
 
     # -- batched decoding: plan blocks, answer a block -------------------------------------------
@@ -340,16 +365,17 @@ class Predictor:
         (row and column permutations change neither token counts nor distances)."""
         k, n = enc.labels.n_classes, enc.queries.shape[0]
         head = len(self._ids(self._prefix_text(enc.shots[:0], enc.shot_ids[:0], k)))
-        costs = self._row_costs(enc.shots, enc.shot_ids)
-        chunk, fits_all = self._chunk_size(head, costs, enc.queries, k)
+        costs = self._row_costs(enc.shot_view, enc.shot_ids)
+        chunk, fits_all = self._chunk_size(head, costs, enc.query_view, k)
         if fits_all:
             groups = [(np.arange(enc.shots.shape[0]), np.arange(n))]
         else:
+            self.stats["retrieval_chunks"] += -(-n // chunk)
             groups = []
-            fit = (self.cutoff_len - head - self._chunk_tokens(enc.queries[:chunk], k)) // max(int(np.median(costs)), 1)
+            fit = (self.cutoff_len - head - self._chunk_tokens(enc.query_view[:chunk], k)) // max(int(np.median(costs)), 1)
             per_group = max(1, min(GROUP_CHUNKS, fit // chunk))
             for rows in self._query_groups(enc.queries, chunk * per_group):
-                widest = max(self._chunk_tokens(enc.queries[rows[i:i + chunk]], k) for i in range(0, len(rows), chunk))
+                widest = max(self._chunk_tokens(enc.query_view[rows[i:i + chunk]], k) for i in range(0, len(rows), chunk))
                 groups.append((nearest_shots(enc.shots, enc.queries[rows], costs, self.cutoff_len - head - widest), rows))
         blocks, b = [], self._batch_size(self.cutoff_len or 4096)
         for g, (shots, rows) in enumerate(groups):
@@ -383,11 +409,11 @@ class Predictor:
             rows, cols = self._member(enc, v)
             order = rows[keep[rows]]  # this member's shot order, restricted to the block's shots
             if (block.group, v) not in self._prefixes:
-                prefix = self._ids(self._prefix_text(enc.shots[order][:, cols], enc.shot_ids[order]))
+                prefix = self._ids(self._prefix_text(enc.shot_view[order][:, cols], enc.shot_ids[order]))
                 cache = self._run_prefix(prefix)
                 self._prefixes[(block.group, v)] = (len(prefix), [(lay.keys, lay.values) for lay in cache.layers], cache)
             length, kv, cache = self._prefixes[(block.group, v)]
-            queries = [enc.queries[c][:, cols] for c in block.chunks]
+            queries = [enc.query_view[c][:, cols] for c in block.chunks]
             if self.batch is None and len(queries) * JACOBI_PASSES < max(len(q) for q in queries):
                 guess = int(np.bincount(enc.shot_ids[block.shots], minlength=k).argmax())
                 total += np.concatenate([self._score_chunk(cache, length, q, cand, guess) for q in queries])
@@ -454,25 +480,26 @@ class Predictor:
         self.stats["sequences"] += b
         return [probs[r, :len(c)] for r, c in enumerate(chunks)]
 
-    def _predict_one(self, shots, shot_ids, queries, k, cand) -> np.ndarray:
+    def _predict_one(self, shots, shot_ids, queries, k, cand, shot_view, query_view) -> np.ndarray:
+        """``shots``/``queries``: codes (what retrieval measures); the views: what the prompt shows."""
         out = np.zeros((queries.shape[0], k))
-        head = self._ids(self._prefix_text(shots[:0], shot_ids[:0], k))
-        costs = self._row_costs(shots, shot_ids)
+        head = self._ids(self._prefix_text(shot_view[:0], shot_ids[:0], k))
+        costs = self._row_costs(shot_view, shot_ids)
         limit = self.cutoff_len or 10**9
         # all shots with the largest chunk of queries that leaves room for them (the prefix cache makes
         # small chunks cheap); else nearest-neighbour shots per chunk of at most 10 queries
-        chunk, fits_all = self._chunk_size(len(head), costs, queries, k)
+        chunk, fits_all = self._chunk_size(len(head), costs, query_view, k)
         cache = None
         if fits_all:
-            prefix = self._ids(self._prefix_text(shots, shot_ids))
+            prefix = self._ids(self._prefix_text(shot_view, shot_ids))
             cache = self._run_prefix(prefix) if self.cache_prefix and self.decode != "generate" else None
         guess = int(np.bincount(shot_ids, minlength=k).argmax())  # the shots' majority class
         for start in range(0, queries.shape[0], chunk):
-            q = queries[start:start + chunk]
+            q = query_view[start:start + chunk]
             if not fits_all:  # nearest-neighbour shots for this chunk
                 budget = limit - len(head) - self._chunk_tokens(q, k)
-                keep = nearest_shots(shots, q, costs, budget)
-                prefix = self._ids(self._prefix_text(shots[keep], shot_ids[keep]))
+                keep = nearest_shots(shots, queries[start:start + chunk], costs, budget)
+                prefix = self._ids(self._prefix_text(shot_view[keep], shot_ids[keep]))
                 self.stats["retrieval_chunks"] += 1
             self.stats["sequences"] += 1
             if self.decode == "generate":
@@ -482,7 +509,12 @@ class Predictor:
             out[start:start + chunk] = self._score_chunk(c, len(prefix), q, cand, guess)
         return out
 
+    def encode(self, context: pd.DataFrame, y_context, queries: pd.DataFrame) -> Encoded:
+        """The tables as this model reads them: text columns as text, unless its tokenizer's saved metadata
+        says it reads codes only (the embedded base and what is trained from it)."""
+        return encode_tables(context, y_context, queries, text=reads_text(self.tokenizer))
+
     def predict_proba(self, context: pd.DataFrame, y_context, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(classes, probabilities) for ``queries`` given the labelled ``context``."""
-        enc = encode_tables(context, y_context, queries)
+        enc = self.encode(context, y_context, queries)
         return enc.labels.classes, self.predict_proba_encoded(enc)

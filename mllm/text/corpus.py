@@ -16,6 +16,7 @@ from mllm.data.shards import iter_tasks, read_shard
 from mllm.data.task import Task
 from mllm.text import prompt
 from mllm.text.encoding import column_permutation, quantise
+from mllm.text.tokenizer import reads_text
 
 CORPUS_SCHEMA = pa.schema([
     pa.field("task_id", pa.int64(), nullable=False),
@@ -86,12 +87,36 @@ def fit_to_budget(
     )
 
 
+# Words a synthetic categorical column takes as its values when the model reads text (the paper's
+# heterogeneous tables): each column draws its own, seeded.
+CATEGORY_WORDS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "brown", "grey", "north", "south", "east", "west", "urban", "rural", "coastal", "inland", "small", "medium", "large", "tiny", "huge", "low", "high", "mid", "none", "basic", "premium", "standard", "gold", "silver", "bronze", "cash", "card", "online", "store", "mobile", "desktop", "yes", "no", "maybe", "unknown", "single", "married", "divorced", "widowed", "student", "retired", "employed", "self-employed", "manager", "clerk", "engineer", "nurse", "teacher", "farmer", "spring", "summer", "autumn", "winter", "monday", "friday", "morning", "evening", "night", "weekday", "weekend", "apple", "pear", "plum", "cherry", "lemon", "oak", "pine", "birch", "maple", "cedar", "cat", "dog", "horse", "sheep", "goat", "alpha", "beta", "gamma", "delta", "omega", "type-a", "type-b", "type-c", "grade-1", "grade-2", "grade-3", "new", "used", "refurbished", "open", "closed", "pending", "active", "inactive"]
+
+
+def text_categories(task: Task, order: np.ndarray, shots: np.ndarray, queries: np.ndarray,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The task's categorical columns as words (one seeded draw of distinct words per column), for a model
+    that reads text; numeric columns keep their codes."""
+    s, q = shots.shape[0], queries.shape[0]
+    shots, queries = shots.astype(object), queries.astype(object)
+    for j, col in enumerate(order):
+        if not task.categorical[col]:
+            continue
+        values = task.X[: s + q, col].astype(np.int64)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, task.task_id, 0x7E47, int(col)]))
+        words = np.array(CATEGORY_WORDS, dtype=object)[rng.permutation(len(CATEGORY_WORDS))]
+        shots[:, j], queries[:, j] = words[values[:s] % words.size], words[values[s:] % words.size]
+    return shots, queries
+
+
 def encode_task(task: Task, tokenizer, seed: int, ep: EncodeParams) -> Sequence:
     """A synthetic task as one training sequence: quantised on its shot rows, columns in seeded order, its
-    first ``ep.max_queries`` query rows, as many shot rows as ``ep.cutoff_len`` allows."""
+    first ``ep.max_queries`` query rows, as many shot rows as ``ep.cutoff_len`` allows. For a model that reads
+    text, its categorical columns are words, as real tables' text columns reach such a model."""
     s, q = task.n_shots, min(task.n_queries, ep.max_queries)
     order = column_permutation(seed, task.task_id, task.n_features)
     shots, queries = quantise(task.X[:s, order], task.X[s : s + q, order])
+    if reads_text(tokenizer) and task.categorical.any():
+        shots, queries = text_categories(task, order, shots, queries, seed)
     return fit_to_budget(tokenizer, shots, task.y[:s], queries, task.y[s : s + q], ep.cutoff_len,
                          min(ep.min_shots, s))
 

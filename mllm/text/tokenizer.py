@@ -103,10 +103,17 @@ def build_tokenizer(numbers: str = "whole"):
         clean_up_tokenization_spaces=False,
     )
     out.mllm_numbers = numbers
+    out.mllm_reads = "codes"
     return out
 
 
 MARKER = "mllm_tokenizer.json"
+
+
+def reads_text(tokenizer) -> bool:
+    """Whether a model with this tokenizer is shown text cells as text (the paper's heterogeneous input): any
+    model but those whose tokenizer's saved metadata says they read integer codes only."""
+    return getattr(tokenizer, "mllm_reads", "text") == "text"
 
 
 def save_tokenizer(tokenizer, out_dir: str | Path, numbers: str | None = None) -> None:
@@ -115,7 +122,9 @@ def save_tokenizer(tokenizer, out_dir: str | Path, numbers: str | None = None) -
     tokenizer.save_pretrained(out_dir)
     numbers = numbers or getattr(tokenizer, "mllm_numbers", None)
     if numbers:
-        (out_dir / MARKER).write_text(json.dumps({"numbers": numbers, "vocab_size": len(tokenizer)}) + "\n")
+        # "reads": the models that carry this tokenizer read integer codes, never text cells (the compiled base)
+        (out_dir / MARKER).write_text(json.dumps({"numbers": numbers, "reads": "codes",
+                                                  "vocab_size": len(tokenizer)}) + "\n")
 
 
 def load_tokenizer(name_or_path: str | Path):
@@ -129,7 +138,8 @@ def load_tokenizer(name_or_path: str | Path):
             # The embedded tokenizer is loaded exactly as saved: beside a Qwen2 config.json, AutoTokenizer
             # would substitute Qwen2's own pre-tokenizer (digits split one by one).
             tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
-            tok.mllm_numbers = json.loads((path / MARKER).read_text())["numbers"]
+            meta = json.loads((path / MARKER).read_text())
+            tok.mllm_numbers, tok.mllm_reads = meta["numbers"], meta.get("reads", "codes")
         else:
             tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else str(name_or_path),
                                                 local_files_only=True)
