@@ -11,7 +11,7 @@ per-row times (previous / batched).
 
 (1) Wall time per predicted row on the default model at M = 128 shots (2 features, so that 128 shots and
 50 queries fit its 2048 tokens): 50 queries per sequence with the shared prefix's KV cache, vs one query per
-prompt (the whole prompt run again for every row), same table, same run. (2) Accuracy vs number of shots on ../shared/datasets (every table with at most 10 classes; contexts over the
+prompt (the whole prompt run again for every row), same table, same run. (2) Accuracy vs number of shots on ../shared/datasets (every table with no more classes than the model scores; contexts over the
 model's window get nearest-neighbour shots),
 next to kNN (k=8, distance), RandomForest (30 trees) and the majority class, on the same splits and shots.
 The last line is the speed ratio (one-per-prompt time / cached time per row).
@@ -85,6 +85,7 @@ def learning_curve(model, tok, shots: list[int], seeds: list[int], max_test: int
 
     from mllm.evaluation.suite import baseline, evaluate_dataset, load_table
     from mllm.inference.predict import Predictor
+    from mllm.inference.scoring import label_capacity
 
     pred = Predictor(model, tok, max_queries=10)
     models = {"mllm": pred.predict_proba, "knn": baseline("knn", 0), "random_forest": baseline("random_forest", 0),
@@ -92,8 +93,8 @@ def learning_curve(model, tok, shots: list[int], seeds: list[int], max_test: int
     rows, used = [], []
     for path in sorted(SHARED_DATASETS.glob("*.csv")):
         X, y = load_table(path)
-        if y.nunique() > 10:
-            continue  # the in-context model's label limit (contexts over the window use shot retrieval)
+        if y.nunique() > label_capacity(tok):
+            continue  # more classes than the model scores (contexts over the window use shot retrieval)
         used.append(path.stem)
         rows += evaluate_dataset(path.stem, X, y, models, shots, seeds, max_test=max_test)
         if len(used) >= max_tables:

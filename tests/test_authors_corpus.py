@@ -58,6 +58,14 @@ def test_sharegpt_and_alpaca_records_import(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([alpaca]))
     assert import_corpus(tmp_path / "a.json", tmp_path / "corpus" / "alp", tok)["sequences"] == 1
 
+    # a corpus of text-valued tables (for a model that reads text) imports too
+    text = prompt.messages(np.array([[1, "red"], [2, "blue, dark"]], dtype=object), np.array([0, 1]),
+                           np.array([[3, "red"]], dtype=object), np.array([1]))
+    (tmp_path / "t.jsonl").write_text(json.dumps({"messages": text}) + "\n")
+    stats = import_corpus(tmp_path / "t.jsonl", tmp_path / "corpus" / "txt", tok)
+    row = read_corpus(tmp_path / "corpus" / "txt" / "shard-00000.parquet").to_pylist()[0]
+    assert stats["sequences"] == 1 and (row["n_features"], row["n_shots"], row["n_queries"]) == (2, 2, 1)
+
     # the label-only and shot-label loss masks find their labels in a system-less (two-turn) record
     ex = tokenize_example(tok, first[1:], shot_label_loss=True, answer_loss="labels")
     assert (ex["labels"] != IGNORE).sum() == table["shots"].shape[0] + table["queries"].shape[0]

@@ -265,7 +265,7 @@ def import_corpus(src: str | Path, out_dir: str | Path, tokenizer, shard_size: i
         for where, record in _llamafactory_records(src):
             msgs = llamafactory_messages(record, where)
             try:
-                table = prompt.parse_user_prompt(msgs[-2]["content"])
+                table = prompt.parse_user_prompt(msgs[-2]["content"], codes=False)  # text values too
                 labels = [int(item["label"]) for item in json.loads(msgs[-1]["content"])]
             except (ValueError, TypeError, KeyError) as err:
                 raise ValueError(f"{where}: not a MachineLearningLM task: {err}") from None

@@ -132,8 +132,10 @@ def _numbers(text: str, what: str) -> list[int]:
         raise ValueError(f"{what}: not integer codes: {text[:80]!r}") from None
 
 
-def parse_user_prompt(text: str) -> dict:
-    """Read a user prompt of integer codes back into arrays (the inverse of ``user_prompt``)."""
+def parse_user_prompt(text: str, codes: bool = True) -> dict:
+    """Read a user prompt back into arrays (the inverse of ``user_prompt``): integer codes, or with
+    ``codes=False`` the cells as written (text values included)."""
+    cells = _numbers if codes else (lambda row, what: row.split(","))
     m = _HEADER.search(text)
     if not m:
         raise ValueError("not a MachineLearningLM prompt: no '[Data]' line 'Each sample = d features + 1 label.  "
@@ -146,7 +148,7 @@ def parse_user_prompt(text: str) -> dict:
         values, bar, k = line.rpartition("|")
         if not bar or not k.isdigit():
             raise ValueError(f"training row is not v1,...,v{d}|label: {line[:80]!r}")
-        shots.append(_numbers(values, "training row"))
+        shots.append(cells(values, "training row"))
         labels.append(int(k))
     t = _TEST_ROWS.search(text)
     if t:
@@ -155,7 +157,7 @@ def parse_user_prompt(text: str) -> dict:
                 break
             if int(q.group(1)) != len(queries):
                 raise ValueError(f"test row ids out of order at ID {q.group(1)}")
-            queries.append(_numbers(q.group(2), "test row"))
+            queries.append(cells(q.group(2), "test row"))
     for row in shots + queries:
         if len(row) != d:
             raise ValueError(f"a row has {len(row)} values; the header says {d} features")
@@ -163,9 +165,9 @@ def parse_user_prompt(text: str) -> dict:
         "n_features": d,
         "n_classes": max(label_values + labels, default=-1) + 1,
         "label_set": label_values,
-        "shots": np.array(shots, dtype=np.int64).reshape(-1, d),
+        "shots": np.array(shots, dtype=np.int64 if codes else object).reshape(-1, d),
         "shot_labels": np.array(labels, dtype=np.int64),
-        "queries": np.array(queries, dtype=np.int64).reshape(-1, d),
+        "queries": np.array(queries, dtype=np.int64 if codes else object).reshape(-1, d),
     }
 
 
