@@ -89,7 +89,7 @@ def test_paper_profile_encodes_trains_and_predicts(tmp_path, qwen_dir):
     ex = tokenize_example(tok, messages, params.train.shot_label_loss, params.train.answer_loss)
     kept = ex["input_ids"][ex["labels"] != IGNORE]
     assert tok.decode(kept) == messages[2]["content"] + "<|im_end|>"  # the whole answer, and only it
-    assert messages[2]["content"].startswith('[{"id":0,"label":')
+    assert messages[2]["content"].startswith('[{"id": 0, "label": ')  # the authors' JSON spacing
 
     summary = run_training(params, tmp_path / "corpus", str(qwen_dir), tmp_path / "train")
     assert summary["complete"] and summary["stages"] == ["warmup", "stage0", "stage1"]
