@@ -43,6 +43,7 @@ def test_a_26_class_table_is_predicted():
     assert (clf.predict(X[128:188]) == y[128:188]).mean() > 0.3  # chance is 1/26
 
 
+@pytest.mark.slow  # end to end: the evaluate flow
 def test_a_26_class_table_evaluates_end_to_end(tmp_path, prefect_harness):
     X, y = _letters()
     (tmp_path / "tables").mkdir()

@@ -43,6 +43,7 @@ def test_classifier_predicts_with_a_full_model_directory(released):
     assert proba.shape == (6, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow  # end to end: the evaluate flow, the registry and serving
 def test_evaluate_and_register_a_full_model_directory(released, tmp_path, prefect_harness):
     settings = ["evaluate.sklearn_datasets=[iris]", "evaluate.shots=[8]", "evaluate.seeds=[0]", "evaluate.max_test=10",
                 "evaluate.baselines=[majority]", "evaluate.include_base=false", "evaluate.compare_champion=true"]
