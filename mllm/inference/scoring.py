@@ -16,16 +16,19 @@ def label_capacity(tokenizer) -> int:
     return MAX_LABELS
 
 
-def check_labels(tokenizer, n_classes: int) -> None:
-    """A named error, before any work, when a table has more classes than the model can score."""
+def label_token_ids(tokenizer, n_classes: int) -> list[int]:
+    """The token of each label 0..n_classes-1; a named error when a table has more classes than the model
+    can score. Encodes the n labels only (it runs once per block); the capacity is counted only to say why."""
     if n_classes > MAX_LABELS:
         raise InputError(f"{n_classes} classes; at most {MAX_LABELS} are supported")
-    cap = label_capacity(tokenizer)
-    if n_classes > cap:
+    ids = [tokenizer.encode(str(k), add_special_tokens=False) for k in range(n_classes)]
+    if any(len(t) != 1 for t in ids):
+        cap = label_capacity(tokenizer)
         raise InputError(f"{n_classes} classes, but this model's tokenizer writes only labels 0..{cap - 1} as single "
                          f"tokens and mllm scores single-token labels: at most {cap} classes with this model")
+    return [t[0] for t in ids]
 
 
-def label_token_ids(tokenizer, n_classes: int) -> list[int]:
-    check_labels(tokenizer, n_classes)
-    return [tokenizer.encode(str(k), add_special_tokens=False)[0] for k in range(n_classes)]
+def check_labels(tokenizer, n_classes: int) -> None:
+    """Before any work: can this model score a table of ``n_classes`` classes? (a named error if not)"""
+    label_token_ids(tokenizer, n_classes)
