@@ -28,7 +28,7 @@ from mllm.core.errors import InputError
 from mllm.core.params import MAX_LABELS
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.inference.retrieval import nearest_shots
-from mllm.inference.scoring import check_labels, label_token_ids
+from mllm.inference.scoring import label_token_ids
 from mllm.inference.table import check_finite
 from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
@@ -97,10 +97,10 @@ def encode_tables(context: pd.DataFrame, y_context, queries: pd.DataFrame, text:
     context, queries = context.reset_index(drop=True), queries.reset_index(drop=True)
     s_num, q_num, categorical = ordinal_encode(context, queries)
     shots, qs = quantise(s_num, q_num)
+    ids = labels.to_ids(y.to_numpy())
     if not (text and categorical.any()):
-        return Encoded(shots, labels.to_ids(y.to_numpy()), qs, labels)
-    return Encoded(shots, labels.to_ids(y.to_numpy()), qs, labels, _cells(shots, context, categorical),
-                   _cells(qs, queries, categorical))
+        return Encoded(shots, ids, qs, labels)
+    return Encoded(shots, ids, qs, labels, _cells(shots, context, categorical), _cells(qs, queries, categorical))
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ class Predictor:
         """(n_queries, K) probabilities, averaged over ``n_ensemble`` seeded row/column permutations."""
         k = enc.labels.n_classes
         try:
-            check_labels(self.tokenizer, k)
+            cand = label_token_ids(self.tokenizer, k)  # before any work: can this model score k labels?
         except InputError as err:
             raise PredictionError(f"the context: {err}") from None
         if self.decode == "batched":
@@ -303,7 +303,6 @@ class Predictor:
             for block in self.plan(enc):
                 out[block.rows] = self.predict_block(enc, block)
             return out
-        cand = label_token_ids(self.tokenizer, k)
         total = np.zeros((enc.queries.shape[0], k))
         for v in range(self.n_ensemble):
             rows, cols = self._member(enc, v)
