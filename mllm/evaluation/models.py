@@ -33,7 +33,7 @@ def in_context(ref: str, ep: EvaluateParams, seed: int) -> PredictFn:
 
 
 def label_capacity_of(refs: dict[str, str]) -> int:
-    """The most classes every one of these in-context models can score (their tokenizers' single-token labels)."""
+    """The most classes every one of these in-context models can score (the labels their tokenizers can write)."""
     from mllm.inference.scoring import label_capacity
     from mllm.text.tokenizer import load_tokenizer
 

@@ -28,7 +28,7 @@ from mllm.core.errors import InputError
 from mllm.core.params import MAX_LABELS
 from mllm.inference import DEFAULT_MAX_QUERIES
 from mllm.inference.retrieval import nearest_shots
-from mllm.inference.scoring import label_token_ids
+from mllm.inference.scoring import LabelTokens, label_tokens
 from mllm.inference.table import check_finite
 from mllm.text import prompt
 from mllm.text.encoding import LabelMap, ordinal_encode, quantise
@@ -170,6 +170,7 @@ class Predictor:
         self._prefixes: dict[tuple[int, int], tuple] = {}  # (group, member) -> (length, per-layer KV, cache)
         self._prefix_owner: Encoded | None = None  # the tables those prefixes belong to
         self._static = None  # (owner, StaticCache, prefix KV, length) of the last block, reused by the next
+        self._label_tokens: dict[int, LabelTokens] = {}
 
     # -- text pieces -------------------------------------------------------------------------------
 
@@ -190,14 +191,33 @@ class Predictor:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _labels(self, k: int) -> LabelTokens:
+        """How this model writes the labels of a k-class task (a named error when it cannot)."""
+        if k not in self._label_tokens:
+            try:
+                self._label_tokens[k] = label_tokens(self.tokenizer, k)
+            except InputError as err:
+                raise PredictionError(f"the context: {err}") from None
+        return self._label_tokens[k]
+
     def _answer_ids(self, labels: np.ndarray, cand: list[int]) -> tuple[list[int], list[int]]:
-        """Answer tokens for ``labels`` and, per item, the index of its label token."""
+        """Answer tokens for ``labels`` (single-token labels ``cand``) and, per item, the index of its label token."""
         ids, at = [], []
         for i, k in enumerate(labels):
             ids += self._ids(prompt.answer_piece(i))
             at.append(len(ids))
             ids.append(cand[int(k)])
         return ids, at
+
+    def _probe(self, cache, pos: int, labels: LabelTokens) -> list:
+        """Logits after each of the labels' probes (prefixes with a choice), the cache left at ``pos``."""
+        out = []
+        for node in labels.probes:
+            logits, cache = self._forward(list(node), cache, pos)
+            out.append(logits[-1:])
+            _crop(cache, pos)
+        self.stats["passes"] += len(out)
+        return out
 
     # -- forward passes ----------------------------------------------------------------------------
 
@@ -219,25 +239,27 @@ class Predictor:
         self.stats["prefixes"] += 1
         return self._forward(prefix, None, 0)[1]
 
-    def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, cand: list[int], guess: int = 0) -> np.ndarray:
+    def _score_chunk(self, cache, prefix_len: int, queries: np.ndarray, labels: LabelTokens, guess: int = 0) -> np.ndarray:
+        """Greedy label probabilities of one chunk's queries after a cached prefix. Jacobi iteration
+        ("parallel") needs single-token labels; with longer ones the chunk is scored query by query."""
         import torch
 
-        n = queries.shape[0]
+        n, cand = queries.shape[0], labels.first
         probs = np.zeros((n, len(cand)))
         _, cache = self._forward(self._ids(self._suffix_text(queries)), cache, prefix_len)
         base = cache.get_seq_length()  # prefix + query rows: shared by every pass below
-        if self.decode == "sequential":
+        if self.decode == "sequential" or not labels.single:
             pending, pos = [], base
             for i in range(n):
                 pending += self._ids(prompt.answer_piece(i))
                 logits, cache = self._forward(pending, cache, pos)
                 pos += len(pending)
-                probs[i] = torch.softmax(logits[-1, cand].float(), dim=-1).numpy()
-                pending = [cand[int(probs[i].argmax())]]
                 self.stats["passes"] += 1
+                probs[i] = labels.proba(logits[-1:], self._probe(cache, pos, labels), np.array([i == n - 1]))[0].numpy()
+                pending = list(labels.seqs[int(probs[i].argmax())])
         else:
-            labels = np.full(n, guess, dtype=np.int64)  # any guess gives the same answer; a good one saves passes
-            ids, at = self._answer_ids(labels, cand)
+            chosen = np.full(n, guess, dtype=np.int64)  # any guess gives the same answer; a good one saves passes
+            ids, at = self._answer_ids(chosen, cand)
             start, lo = 0, 0  # items before `start` are final; tokens before `lo` are in the cache
             while start < n:
                 end = min(n, start + self.items_per_pass)  # a pass scores items start..end-1
@@ -248,24 +270,25 @@ class Predictor:
                 self.stats["passes"] += 1
                 new = p.argmax(axis=1)
                 probs[start:end] = p
-                changed = np.flatnonzero(new != labels[start:end])
+                changed = np.flatnonzero(new != chosen[start:end])
                 if changed.size == 0:
                     start, lo = end, at[end - 1] + 1  # all items of the pass are final and cached
                     continue
                 j = start + int(changed[0])  # item j's score saw the final earlier labels: j is final now
-                labels[start:end] = new
+                chosen[start:end] = new
                 for i in range(j, end):
-                    ids[at[i]] = cand[int(labels[i])]
+                    ids[at[i]] = cand[int(chosen[i])]
                 start, lo = j + 1, at[j]  # recompute from item j's (changed) label token
         _crop(cache, prefix_len)  # leave the shared prefix cache as it was
         return probs
 
     # -- planning: what fits the window ------------------------------------------------------------
 
-    def _chunk_tokens(self, queries: np.ndarray, n_cand: int) -> int:
-        """Tokens a chunk of queries adds after the prefix (query rows, requirements, answer)."""
-        return len(self._ids(self._suffix_text(queries))) + len(self._answer_ids(np.zeros(len(queries), int),
-                                                                                  [0] * n_cand)[0]) + 2
+    def _chunk_tokens(self, queries: np.ndarray, width: int) -> int:
+        """Tokens a chunk of queries adds after the prefix (query rows, requirements, an answer whose labels
+        are ``width`` tokens long)."""
+        pieces = sum(len(self._ids(prompt.answer_piece(i))) for i in range(len(queries)))
+        return len(self._ids(self._suffix_text(queries))) + pieces + width * len(queries) + 2
 
     def _row_costs(self, shots: np.ndarray, shot_ids: np.ndarray) -> np.ndarray:
         lines = [line + "\n" for line in prompt.shot_lines(shots, shot_ids)]
@@ -294,10 +317,7 @@ class Predictor:
     def predict_proba_encoded(self, enc: Encoded) -> np.ndarray:
         """(n_queries, K) probabilities, averaged over ``n_ensemble`` seeded row/column permutations."""
         k = enc.labels.n_classes
-        try:
-            cand = label_token_ids(self.tokenizer, k)  # before any work: can this model score k labels?
-        except InputError as err:
-            raise PredictionError(f"the context: {err}") from None
+        labels = self._labels(k)  # before any work: can this model score k labels?
         if self.decode == "batched":
             out = np.zeros((enc.queries.shape[0], k))
             for block in self.plan(enc):
@@ -306,19 +326,19 @@ class Predictor:
         total = np.zeros((enc.queries.shape[0], k))
         for v in range(self.n_ensemble):
             rows, cols = self._member(enc, v)
-            total += self._predict_one(enc.shots[rows][:, cols], enc.shot_ids[rows], enc.queries[:, cols], k, cand,
+            total += self._predict_one(enc.shots[rows][:, cols], enc.shot_ids[rows], enc.queries[:, cols], k, labels,
                                        enc.shot_view[rows][:, cols], enc.query_view[:, cols])
         return total / self.n_ensemble
 
     # -- batched decoding: plan blocks, answer a block -------------------------------------------
 
-    def _chunk_size(self, head: int, costs: np.ndarray, queries, k) -> tuple[int, bool]:
+    def _chunk_size(self, head: int, costs: np.ndarray, queries, width: int) -> tuple[int, bool]:
         """(query rows per chunk, whether the whole context fits beside such a chunk), given the prompt's
-        ``head`` tokens and each shot row's token ``costs``."""
+        ``head`` tokens, each shot row's token ``costs`` and the labels' ``width`` in tokens."""
         limit = self.cutoff_len or 10**9
 
         def fits(shot_tokens: int, c: int) -> bool:
-            return head + shot_tokens + self._chunk_tokens(queries[:c], k) <= limit
+            return head + shot_tokens + self._chunk_tokens(queries[:c], width) <= limit
 
         chunk = min(self.max_queries, queries.shape[0])
         while chunk > 1 and not fits(int(costs.sum()), chunk):
@@ -363,18 +383,19 @@ class Predictor:
         """The blocks of work for ``enc``, in order; deterministic, and the same for every ensemble member
         (row and column permutations change neither token counts nor distances)."""
         k, n = enc.labels.n_classes, enc.queries.shape[0]
+        width = self._labels(k).width
         head = len(self._ids(self._prefix_text(enc.shots[:0], enc.shot_ids[:0], k)))
         costs = self._row_costs(enc.shot_view, enc.shot_ids)
-        chunk, fits_all = self._chunk_size(head, costs, enc.query_view, k)
+        chunk, fits_all = self._chunk_size(head, costs, enc.query_view, width)
         if fits_all:
             groups = [(np.arange(enc.shots.shape[0]), np.arange(n))]
         else:
             self.stats["retrieval_chunks"] += -(-n // chunk)
             groups = []
-            fit = (self.cutoff_len - head - self._chunk_tokens(enc.query_view[:chunk], k)) // max(int(np.median(costs)), 1)
+            fit = (self.cutoff_len - head - self._chunk_tokens(enc.query_view[:chunk], width)) // max(int(np.median(costs)), 1)
             per_group = max(1, min(GROUP_CHUNKS, fit // chunk))
             for rows in self._query_groups(enc.queries, chunk * per_group):
-                widest = max(self._chunk_tokens(enc.query_view[rows[i:i + chunk]], k) for i in range(0, len(rows), chunk))
+                widest = max(self._chunk_tokens(enc.query_view[rows[i:i + chunk]], width) for i in range(0, len(rows), chunk))
                 groups.append((nearest_shots(enc.shots, enc.queries[rows], costs, self.cutoff_len - head - widest), rows))
         blocks, b = [], self._batch_size(self.cutoff_len or 4096)
         for g, (shots, rows) in enumerate(groups):
@@ -397,7 +418,7 @@ class Predictor:
     def predict_block(self, enc: Encoded, block: Block) -> np.ndarray:
         """(len(block.rows), K) probabilities of a block's rows, averaged over the ensemble."""
         k = enc.labels.n_classes
-        cand = label_token_ids(self.tokenizer, k)
+        labels = self._labels(k)
         total = np.zeros((len(block.rows), k))
         keep = np.zeros(enc.shots.shape[0], dtype=bool)
         keep[block.shots] = True
@@ -413,29 +434,30 @@ class Predictor:
                 self._prefixes[(block.group, v)] = (len(prefix), [(lay.keys, lay.values) for lay in cache.layers], cache)
             length, kv, cache = self._prefixes[(block.group, v)]
             queries = [enc.query_view[c][:, cols] for c in block.chunks]
-            if self.batch is None and len(queries) * JACOBI_PASSES < max(len(q) for q in queries):
+            if self.batch is None and labels.single and len(queries) * JACOBI_PASSES < max(len(q) for q in queries):
                 guess = int(np.bincount(enc.shot_ids[block.shots], minlength=k).argmax())
-                total += np.concatenate([self._score_chunk(cache, length, q, cand, guess) for q in queries])
+                total += np.concatenate([self._score_chunk(cache, length, q, labels, guess) for q in queries])
             else:
-                total += np.concatenate(self._score_batch(length, kv, queries, cand))
+                total += np.concatenate(self._score_batch(length, kv, queries, labels))
         return total / self.n_ensemble
 
-    def _score_batch(self, prefix_len: int, prefix_kv: list, chunks: list[np.ndarray], cand: list[int]) -> list[np.ndarray]:
+    def _score_batch(self, prefix_len: int, prefix_kv: list, chunks: list[np.ndarray], labels: LabelTokens) -> list[np.ndarray]:
         """Greedy label probabilities of each chunk's queries, all chunks side by side after the same prefix.
 
         Each row of the batch is [prefix][padding][chunk's query rows + first answer piece]: the padding is
         masked and the positions skip it, so every row computes exactly its own sequence, and all rows end at
         the same slot, so one logit per row is read per pass. Each further pass appends the chosen label and
-        the next answer piece to every row (the same number of tokens for all)."""
+        the next answer piece to every row (left-padded the same way when labels differ in length). The
+        labels' probes run in the slots after the answer position and are then overwritten."""
         import torch
         from transformers import StaticCache
 
-        dev = self.model.device
         b, q = len(chunks), max(len(c) for c in chunks)
         heads = [self._ids(self._suffix_text(c)) + self._ids(prompt.answer_piece(0)) for c in chunks]
         width = max(map(len, heads))
         pieces = [self._ids(prompt.answer_piece(i)) for i in range(1, q)]
-        total_len = prefix_len + width + sum(1 + len(p) for p in pieces)
+        probe_len = max(map(len, labels.probes), default=0)
+        total_len = prefix_len + width + sum(labels.width + len(p) for p in pieces) + probe_len
         # The block's cache: the previous block's when it holds the same prefix (the same group and member,
         # as blocks come in order) for as many rows and is long enough; slots past the prefix are rewritten
         # before they are read. Lengths round up to 64 so that blocks of one group can share it.
@@ -452,34 +474,57 @@ class Predictor:
         for layer in cache.layers:
             layer.cumulative_length.fill_(prefix_len)
         pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((b, width), pad, dtype=torch.long)
-        pos = torch.full((b, width), prefix_len, dtype=torch.long)
-        mask = torch.ones((b, prefix_len + width), dtype=torch.long)
-        for r, h in enumerate(heads):
-            ids[r, width - len(h):] = torch.as_tensor(h)
-            pos[r, width - len(h):] = prefix_len + torch.arange(len(h))
-            mask[r, prefix_len:prefix_len + width - len(h)] = 0
-        nxt = prefix_len + torch.as_tensor([len(h) for h in heads])  # each row's next position
-        cand_t = torch.as_tensor(cand)
-        probs = np.zeros((b, q, len(cand)))
+        nxt = torch.full((b,), prefix_len, dtype=torch.long)  # each row's next position
+        mask = torch.ones((b, prefix_len), dtype=torch.long)
+
+        def step(rows: list[list[int]]):
+            """Append each row's tokens, left-padded to one width; the pass's logits at the last slot."""
+            nonlocal nxt, mask
+            w = max(map(len, rows))
+            ids = torch.full((b, w), pad, dtype=torch.long)
+            pos = nxt[:, None].repeat(1, w)
+            new = torch.zeros((b, w), dtype=torch.long)
+            for r, t in enumerate(rows):
+                ids[r, w - len(t):] = torch.as_tensor(t)
+                pos[r, w - len(t):] += torch.arange(len(t))
+                new[r, w - len(t):] = 1
+            nxt = nxt + new.sum(dim=1)
+            mask = torch.cat([mask, new], dim=1)
+            return self._pass(ids, pos, mask, cache)
+
+        def probe(node: tuple[int, ...]):
+            """The logits after ``node`` in every row, then its slots given back."""
+            ids = torch.as_tensor(node).expand(b, -1)
+            logits = self._pass(ids, nxt[:, None] + torch.arange(len(node)),
+                                torch.cat([mask, torch.ones_like(ids)], dim=1), cache)
+            for layer in cache.layers:
+                layer.cumulative_length.sub_(len(node))
+            return logits
+
+        ends = np.array([len(c) for c in chunks]) - 1
+        probs = np.zeros((b, q, len(labels.seqs)))
+        root = step(heads)
         for i in range(q):
-            with torch.no_grad():
-                out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
-            p = torch.softmax(out.logits[:, -1, cand_t.to(dev)].float(), dim=-1).cpu()
+            p = labels.proba(root, [probe(node) for node in labels.probes], ends == i).cpu()
             probs[:, i] = p.numpy()
-            self.stats["passes"] += 1
+            self.stats["passes"] += 1 + len(labels.probes)
             if i + 1 == q:
                 break
-            chosen = cand_t[p.argmax(dim=1)]
-            ids = torch.cat([chosen[:, None], torch.as_tensor(pieces[i]).expand(b, -1)], dim=1)
-            pos = nxt[:, None] + torch.arange(ids.shape[1])
-            nxt = nxt + ids.shape[1]
-            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
+            root = step([list(labels.seqs[c]) + pieces[i] for c in p.argmax(dim=1).tolist()])
         self.stats["sequences"] += b
         return [probs[r, :len(c)] for r, c in enumerate(chunks)]
 
-    def _predict_one(self, shots, shot_ids, queries, k, cand, shot_view, query_view) -> np.ndarray:
+    def _pass(self, ids, pos, mask, cache):
+        """One forward pass of a block: logits at the last slot of each row."""
+        import torch
+
+        dev = self.model.device
+        with torch.no_grad():
+            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                             use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+        return out.logits[:, -1]
+
+    def _predict_one(self, shots, shot_ids, queries, k, labels, shot_view, query_view) -> np.ndarray:
         """``shots``/``queries``: codes (what retrieval measures); the views: what the prompt shows."""
         out = np.zeros((queries.shape[0], k))
         head = self._ids(self._prefix_text(shot_view[:0], shot_ids[:0], k))
@@ -487,7 +532,7 @@ class Predictor:
         limit = self.cutoff_len or 10**9
         # all shots with the largest chunk of queries that leaves room for them (the prefix cache makes
         # small chunks cheap); else nearest-neighbour shots per chunk of at most 10 queries
-        chunk, fits_all = self._chunk_size(len(head), costs, query_view, k)
+        chunk, fits_all = self._chunk_size(len(head), costs, query_view, labels.width)
         cache = None
         if fits_all:
             prefix = self._ids(self._prefix_text(shot_view, shot_ids))
@@ -496,7 +541,7 @@ class Predictor:
         for start in range(0, queries.shape[0], chunk):
             q = query_view[start:start + chunk]
             if not fits_all:  # nearest-neighbour shots for this chunk
-                budget = limit - len(head) - self._chunk_tokens(q, k)
+                budget = limit - len(head) - self._chunk_tokens(q, labels.width)
                 keep = nearest_shots(shots, queries[start:start + chunk], costs, budget)
                 prefix = self._ids(self._prefix_text(shot_view[keep], shot_ids[keep]))
                 self.stats["retrieval_chunks"] += 1
@@ -505,7 +550,7 @@ class Predictor:
                 out[start:start + chunk] = self._generate_chunk(prefix, q, k)
                 continue
             c = cache if (fits_all and self.cache_prefix) else self._run_prefix(prefix)
-            out[start:start + chunk] = self._score_chunk(c, len(prefix), q, cand, guess)
+            out[start:start + chunk] = self._score_chunk(c, len(prefix), q, labels, guess)
         return out
 
     def encode(self, context: pd.DataFrame, y_context, queries: pd.DataFrame) -> Encoded:

@@ -1,34 +1,148 @@
 """Label scoring: the predictor reads the model's probability of every label at each answer position
-instead of parsing generated text, so every query gets a full probability vector. Labels are scored as
-single tokens: 0..999 in the embedded tokenizer (whole numbers), 0..9 in Qwen's (digits one by one)."""
+instead of parsing generated text, so every query gets a full probability vector.
+
+A label is scored as the token sequence the model writes for it: one token in the embedded tokenizer
+(0..999 are whole tokens), one digit per token in Qwen's. The labels of a task form a trie of token
+sequences; a label's probability is the product, along its path, of the model's probability of each token
+among the tokens the task allows at that point (the children of the node, and the token that ends the label
+when the node is itself a label: the answer's next punctuation). That is the exact probability that decoding
+constrained to the task's labels writes this label, and the probabilities of a query's labels sum to one.
+With single-token labels it is the softmax over the label tokens; a node with one allowed token contributes
+a factor of one, so only the nodes with a choice (``LabelTokens.probes``: "1" when labels 1 and 10..19 exist)
+need the model's logits after them, one extra position each.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
+
 from mllm.core.errors import InputError
 from mllm.core.params import MAX_LABELS
+from mllm.text import prompt
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _writes_label(tokenizer, k: int) -> bool:
+    """Whether label ``k``'s tokens stand on their own inside an answer: the answer's tokens are its pieces'
+    tokens and the label's, so the label can be scored and written token by token."""
+    seq = _ids(tokenizer, str(k))
+    if not seq or tokenizer.decode(seq) != str(k):
+        return False
+    first, nxt = prompt.answer_piece(0), prompt.answer_piece(1)
+    return all(_ids(tokenizer, a + str(k) + b) == _ids(tokenizer, a) + seq + _ids(tokenizer, b)
+               for a, b in ((first, nxt), (nxt, prompt.ANSWER_END)))
 
 
 def label_capacity(tokenizer) -> int:
-    """How many labels 0, 1, 2, ... this tokenizer writes as one token each (at most ``MAX_LABELS``)."""
+    """How many labels 0, 1, 2, ... this tokenizer can write in an answer (at most ``MAX_LABELS``)."""
     for k in range(MAX_LABELS):
-        if len(tokenizer.encode(str(k), add_special_tokens=False)) != 1:
+        if not _writes_label(tokenizer, k):
             return k
     return MAX_LABELS
 
 
-def label_token_ids(tokenizer, n_classes: int) -> list[int]:
-    """The token of each label 0..n_classes-1; a named error when a table has more classes than the model
-    can score. Encodes the n labels only (it runs once per block); the capacity is counted only to say why."""
+@dataclass(frozen=True)
+class LabelTokens:
+    """The token sequences of labels 0..K-1 and the tokens that end a label (see the module docstring)."""
+
+    seqs: tuple[tuple[int, ...], ...]
+    end_next: int  # the token after a label that another item follows
+    end_last: int  # the token after the answer's last label
+    _paths: np.ndarray = field(init=False, repr=False, compare=False)
+    _nodes: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        labels = {s: k for k, s in enumerate(self.seqs)}
+        children: dict[tuple, list[int]] = {}
+        for s in self.seqs:
+            for j in range(len(s)):
+                kids = children.setdefault(s[:j], [])
+                if s[j] not in kids:
+                    kids.append(s[j])
+        # nodes with a choice: the root, and every label prefix with more than one allowed continuation
+        nodes = [()] + sorted((n for n in children if n and len(children[n]) + (n in labels) > 1), key=lambda n: (len(n), n))
+        index = {n: i for i, n in enumerate(nodes)}
+        # each node's allowed tokens, in a flat list: (node, child tokens..., END when the node is a label)
+        flat, offset = [], {}
+        for n in nodes:
+            offset[n] = len(flat)
+            flat += [(index[n], t) for t in children[n]] + ([(index[n], None)] if n in labels else [])
+        paths = np.full((len(self.seqs), max(map(len, self.seqs)) + 1), len(flat), dtype=np.int64)  # len(flat): log 1
+        for k, s in enumerate(self.seqs):
+            steps = [offset[s[:j]] + children[s[:j]].index(s[j]) for j in range(len(s)) if s[:j] in index]
+            if s in index:
+                steps.append(offset[s] + len(children[s]))  # the label ends here rather than going on
+            paths[k, :len(steps)] = steps
+        object.__setattr__(self, "_paths", paths)
+        object.__setattr__(self, "_nodes", (nodes, flat))
+
+    @property
+    def single(self) -> bool:
+        """Every label is one token (no probes, and an answer's labels all have the same length)."""
+        return all(len(s) == 1 for s in self.seqs)
+
+    @property
+    def first(self) -> list[int]:
+        """Each label's first token (its only one when ``single``)."""
+        return [s[0] for s in self.seqs]
+
+    @property
+    def width(self) -> int:
+        """Tokens of the longest label."""
+        return max(map(len, self.seqs))
+
+    @property
+    def probes(self) -> list[tuple[int, ...]]:
+        """The label prefixes after which the model's next-token logits are needed (the root's are read anyway)."""
+        return self._nodes[0][1:]
+
+    def proba(self, root, probes, last):
+        """(b, K) label probabilities from the logits at the answer position (``root``: (b, V)) and after each
+        of ``probes`` (a list of (b, V)); ``last`` (b,) bool: whether this position is the answer's last item
+        (its label is ended by ``]``, the others' by the next item)."""
+        import torch
+
+        if self.single:  # a softmax over the label tokens
+            return torch.softmax(root[:, self.first].float(), dim=-1)
+        nodes, flat = self._nodes
+        logits = [root, *probes]
+        ends = torch.where(torch.as_tensor(last), self.end_last, self.end_next).to(root.device)
+        parts = []
+        for i in range(len(nodes)):
+            toks = [t for n, t in flat if n == i]
+            cols = logits[i][:, [t for t in toks if t is not None]].float()
+            if None in toks:
+                cols = torch.cat([cols, logits[i].gather(1, ends[:, None]).float()], dim=1)
+            parts.append(torch.log_softmax(cols, dim=-1))
+        lp = torch.cat(parts + [torch.zeros_like(parts[0][:, :1])], dim=1)
+        return torch.softmax(lp[:, torch.as_tensor(self._paths, device=lp.device)].sum(-1), dim=-1)
+
+
+def label_tokens(tokenizer, n_classes: int) -> LabelTokens:
+    """How this model writes labels 0..n_classes-1; a named error when it cannot write them all."""
     if n_classes > MAX_LABELS:
         raise InputError(f"{n_classes} classes; at most {MAX_LABELS} are supported")
-    ids = [tokenizer.encode(str(k), add_special_tokens=False) for k in range(n_classes)]
-    if any(len(t) != 1 for t in ids):
-        cap = label_capacity(tokenizer)
-        raise InputError(f"{n_classes} classes, but this model's tokenizer writes only labels 0..{cap - 1} as single "
-                         f"tokens and mllm scores single-token labels: at most {cap} classes with this model")
-    return [t[0] for t in ids]
+    bad = next((k for k in range(n_classes) if not _writes_label(tokenizer, k)), None)
+    if bad is not None:
+        raise InputError(f"{n_classes} classes, but this model's tokenizer cannot write label {bad} apart from the "
+                         f"answer's punctuation: at most {bad} classes with this model")
+    return LabelTokens(tuple(tuple(_ids(tokenizer, str(k))) for k in range(n_classes)),
+                       _ids(tokenizer, prompt.answer_piece(1))[0], _ids(tokenizer, prompt.ANSWER_END)[0])
+
+
+def label_token_ids(tokenizer, n_classes: int) -> list[int]:
+    """The single token of each label 0..n_classes-1, for code that reads one position per label."""
+    labels = label_tokens(tokenizer, n_classes)
+    if not labels.single:
+        raise InputError(f"{n_classes} classes: this model writes some labels as several tokens")
+    return labels.first
 
 
 def check_labels(tokenizer, n_classes: int) -> None:
     """Before any work: can this model score a table of ``n_classes`` classes? (a named error if not)"""
-    label_token_ids(tokenizer, n_classes)
+    label_tokens(tokenizer, n_classes)
