@@ -43,6 +43,16 @@ def test_classifier_predicts_with_a_full_model_directory(released):
     assert proba.shape == (6, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
 
 
+def test_a_26_class_table_with_the_released_layout(released):
+    """Qwen writes labels 10..25 as two digit tokens: the released layout scores all 26 (multi-token labels)."""
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.arange(26), rng.integers(0, 26, 14)])
+    X = rng.normal(size=(40, 4))
+    clf = MLLMClassifier(model=str(released)).fit(X, y)
+    proba = clf.predict_proba(rng.normal(size=(5, 4)))
+    assert proba.shape == (5, 26) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+
+
 @pytest.mark.slow  # end to end: the evaluate flow, the registry and serving
 def test_evaluate_and_register_a_full_model_directory(released, tmp_path, prefect_harness):
     settings = ["evaluate.sklearn_datasets=[iris]", "evaluate.shots=[8]", "evaluate.seeds=[0]", "evaluate.max_test=10",
