@@ -25,6 +25,7 @@ from mllm.evaluation.suite import (
     suite_id,
     summarise,
 )
+from mllm.evaluation.synthetic import heldout_accuracy, heldout_tasks
 
 RESULTS = "results.csv"
 TABLES = "tables"  # <dataset>/shots-<n>.csv: every model's rows (per seed and voted) for one table and shot count
@@ -49,17 +50,23 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
         logger.warning("skipping table %s: %s", name, why)
     logger.info("evaluating %s on %d tables, shots %s, seeds %s", ", ".join(refs), len(tables), ep.shots, ep.seeds)
     t0 = time.perf_counter()
-    rows, names = [], [*refs, *ep.baselines]
+    sp = ep.synthetic
+    held = heldout_tasks(params, sp.tasks, sp.shots) if sp.tasks else []
+    rows, names, synthetic = [], [*refs, *ep.baselines], {}
     for model_name in names:  # one in-context model in memory at a time
         fn = in_context(refs[model_name], ep, params.seed) if model_name in refs else baseline(model_name, params.seed)
         for name, (X, y) in tables.items():
             rows += evaluate_table(name, X, y, {model_name: fn}, ep.shots, ep.seeds, ep.max_test, ep.test_chunk)
+        if held:
+            synthetic[model_name] = heldout_accuracy(fn, held, sp.shots, sp.queries)
         del fn
         release_memory()
     rows = in_table_order(rows, list(tables), names, ep.shots, ep.seeds)
     seconds = time.perf_counter() - t0
     summary = summarise(rows, skipped, suite_id(ep, list(tables)))
     summary["models"] = refs
+    if held:
+        summary["synthetic"] = {"tasks": len(held), "shots": sp.shots, "queries": sp.queries, "accuracy": synthetic}
     summary["champion_version"] = champion_version
     summary["seconds"] = round(seconds, 1)
     per_seed = [r for r in rows if r["seed"] != VOTE]  # the curves: seeds averaged, as ever
@@ -74,6 +81,9 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
     write_json_atomic(metrics, summary)
     mean = summary["mean_accuracy"]
     logger.info("mean accuracy: %s", ", ".join(f"{m} {v:.3f}" for m, v in mean.items()))
+    if held:
+        logger.info("held-out synthetic tasks (%d), accuracy: %s", len(held),
+                    ", ".join(f"{m} {v:.3f}" for m, v in synthetic.items()))
 
     with tracking.run("evaluate", tags={"prefect.flow_run_id": str(flow_run.get_id() or ""),
                                         "mllm.champion_version": str(champion_version)}) as mlflow:
@@ -82,6 +92,7 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
         mlflow.log_metrics({f"mean_accuracy.{m}": v for m, v in mean.items() if v is not None})
         mlflow.log_metrics({f"mean_accuracy_vote.{m}": v for m, v in summary["mean_accuracy_vote"].items()
                             if v is not None})
+        mlflow.log_metrics({f"synthetic_accuracy.{m}": v for m, v in synthetic.items()})
         for m, by in summary["accuracy_by_shots"].items():
             for n, v in by.items():
                 if v is not None:

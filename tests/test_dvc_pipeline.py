@@ -46,7 +46,7 @@ def _tiny(tmp_path, **gen):
                                    {"name": "full", "corpus": "full", "lr": 1e-3, "epochs": 1, "max_steps": 2, "max_examples": None}],
                            grad_accum=2, checkpoint_every=1)
     params["evaluate"].update(sklearn_datasets=["iris", "wine"], shots=[8, 16], seeds=[0], max_test=12,
-                              baselines=["knn", "majority"])
+                              baselines=["knn", "majority"], synthetic={"tasks": 3, "shots": 16, "queries": 5})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return params
 
@@ -87,6 +87,7 @@ def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
     ev = json.loads((tmp_path / "metrics/evaluate.json").read_text())
     assert ev["tables"] == ["iris", "wine"] and set(ev["mean_accuracy"]) == {"trained", "knn", "majority"}
     assert set(ev["accuracy_by_shots"]["trained"]) == {"8", "16"}
+    assert ev["synthetic"]["tasks"] == 3 and set(ev["synthetic"]["accuracy"]) == {"trained", "knn", "majority"}
     for png in ("learning_curve.png", "learning_curve_by_table.png"):
         assert (tmp_path / "data/evaluate" / png).read_bytes()[:4] == b"\x89PNG"
     plots = _run(["dvc", "plots", "show", "--json"], tmp_path, venv_env).stdout

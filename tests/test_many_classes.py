@@ -170,7 +170,7 @@ def test_a_26_class_table_evaluates_end_to_end(tmp_path, prefect_harness):
                                                                                 index=False)
     settings = ["evaluate.sklearn_datasets=[]", f"evaluate.csv_dir={tmp_path / 'tables'}", "evaluate.shots=[128]",
                 "evaluate.seeds=[0]", "evaluate.max_test=40", "evaluate.baselines=[majority,knn]",
-                "evaluate.include_base=false", "evaluate.compare_champion=false"]
+                "evaluate.include_base=false", "evaluate.compare_champion=false", "evaluate.synthetic.tasks=0"]
     metrics = tmp_path / "evaluate.json"
     res = CliRunner().invoke(app, ["evaluate", "--params", str(ROOT / "params.yaml"), "--model", str(TINY_BASE_DIR),
                                    "--out", str(tmp_path / "eval"), "--metrics", str(metrics),

@@ -56,7 +56,8 @@ def test_a_26_class_table_with_the_released_layout(released):
 @pytest.mark.slow  # end to end: the evaluate flow, the registry and serving
 def test_evaluate_and_register_a_full_model_directory(released, tmp_path, prefect_harness):
     settings = ["evaluate.sklearn_datasets=[iris]", "evaluate.shots=[8]", "evaluate.seeds=[0]", "evaluate.max_test=10",
-                "evaluate.baselines=[majority]", "evaluate.include_base=false", "evaluate.compare_champion=true"]
+                "evaluate.baselines=[majority]", "evaluate.include_base=false", "evaluate.compare_champion=true",
+                "evaluate.synthetic.tasks=2", "evaluate.synthetic.shots=16", "evaluate.synthetic.queries=4"]
     sets = [a for s in settings for a in ("--set", s)]
     metrics = tmp_path / "evaluate.json"
     res = CliRunner().invoke(app, ["evaluate", "--params", str(ROOT / "params.yaml"), "--model", str(released),
@@ -66,6 +67,7 @@ def test_evaluate_and_register_a_full_model_directory(released, tmp_path, prefec
     summary = json.loads(metrics.read_text())
     assert summary["models"]["trained"] == str(released)
     assert 0.0 <= summary["mean_accuracy"]["trained"] <= 1.0
+    assert set(summary["synthetic"]["accuracy"]) >= {"trained", "majority"}  # held-out SCM tasks, same models
     res = CliRunner().invoke(app, ["register", "--params", str(ROOT / "params.yaml"), "--model", str(released),
                                    "--train", str(tmp_path / "no-train-stage"), "--evaluation", str(metrics),
                                    "--out", str(tmp_path / "registry.json"), *sets])

@@ -242,6 +242,14 @@ class TrainParams(_Strict):
     log_every: int = Field(ge=1)
 
 
+class SyntheticParams(_Strict):
+    """Held-out synthetic tasks (the training prior, a seed stream no corpus draws) scored beside the tables."""
+
+    tasks: int = Field(ge=0, description="held-out tasks (0: none)")
+    shots: int = Field(ge=2, description="context rows per task: its first ones")
+    queries: int = Field(ge=1, description="query rows scored per task, at most")
+
+
 class EvaluateParams(_Strict):
     """Evaluation on real tables (the paper's protocol) and the registry gate."""
 
@@ -258,6 +266,7 @@ class EvaluateParams(_Strict):
     max_queries: int = Field(ge=1, le=MAX_QUERIES)
     n_ensemble: int = Field(ge=1)
     registered_model: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    synthetic: SyntheticParams
 
     @field_validator("shots")
     @classmethod

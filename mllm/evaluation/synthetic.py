@@ -1,0 +1,64 @@
+"""Held-out synthetic tasks: how well a model classifies tasks from the training prior that it never saw.
+
+The tasks come from the generate stage's prior and params and pass the filter stage's teacher gates, but
+from a seed stream of their own (the pipeline seed and ``HELDOUT_STREAM``), so no corpus task is among
+them. Each task's first ``shots`` rows are the context and its query rows are scored, through the same
+predict functions as the real tables (categorical columns as text categories, as a user's table has them).
+Beside the real tables this says whether training taught what the corpus holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mllm.core.errors import InputError
+from mllm.core.params import Params
+from mllm.data.filter import gates_of
+from mllm.data.prior.sampler import generate_task
+from mllm.data.task import Task
+from mllm.data.teacher import judge_task
+from mllm.evaluation.suite import PredictFn
+
+HELDOUT_STREAM = 0x4E1D  # mixed with the pipeline seed: a task stream the generate stage never draws
+MAX_DRAWS = 20  # tasks drawn per task kept, at most
+
+
+def heldout_seed(seed: int) -> int:
+    return int(np.random.SeedSequence([seed, HELDOUT_STREAM]).generate_state(1)[0])
+
+
+def _tables(task: Task, shots: int, queries: int) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
+    """(context, its labels, queries, their labels): the task's first ``shots`` rows and first ``queries``
+    query rows."""
+    s, q = min(shots, task.n_shots), task.n_shots + min(queries, task.n_queries)
+    frame = pd.DataFrame(task.X, columns=[f"x{j}" for j in range(task.n_features)])
+    for j in np.flatnonzero(task.categorical):
+        frame[f"x{j}"] = [f"v{int(v)}" for v in task.X[:, j]]
+    return frame.iloc[:s], task.y[:s], frame.iloc[task.n_shots:q].reset_index(drop=True), task.y[task.n_shots:q]
+
+
+def heldout_tasks(params: Params, n: int, shots: int) -> list[Task]:
+    """``n`` held-out tasks the teacher keeps and whose first ``shots`` rows hold at least two classes."""
+    seed, gates, fp = heldout_seed(params.seed), gates_of(params.filter), params.filter
+    tasks: list[Task] = []
+    for i in range(MAX_DRAWS * n):
+        if len(tasks) == n:
+            break
+        task = generate_task(seed, i, params.generate)
+        if np.unique(task.y[:min(shots, task.n_shots)]).size >= 2 and judge_task(task, gates, fp.n_estimators, seed).kept:
+            tasks.append(task)
+    if len(tasks) < n:
+        raise InputError(f"only {len(tasks)} of {n} held-out synthetic tasks passed the teacher in {MAX_DRAWS * n} "
+                         "draws: loosen the filter params or ask for fewer evaluate.synthetic_tasks")
+    return tasks
+
+
+def heldout_accuracy(fn: PredictFn, tasks: list[Task], shots: int, queries: int) -> float:
+    """Accuracy over the tasks' scored query rows (every task scores the same number)."""
+    right = []
+    for task in tasks:
+        ctx, y, qry, truth = _tables(task, shots, queries)
+        classes, proba = fn(ctx, y, qry)
+        right.append(np.asarray(classes)[np.asarray(proba).argmax(axis=1)] == truth)
+    return round(float(np.concatenate(right).mean()), 6)
