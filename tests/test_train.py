@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from mllm.core.params import ParamsError, parse_params
 from mllm.model.loading import ModelError, add_adapter, load_base
 from mllm.model.train import TrainingError, run_training
-from mllm.model.training_data import IGNORE, shot_label_spans, tokenize_example
+from mllm.model.training_data import IGNORE, tokenize_example
 from mllm.text import prompt
+from mllm.text.prompt import shot_label_spans
 from mllm.text.tokenizer import build_tokenizer
 from tests.training_helpers import TINY_MODEL, make_corpus, raw_params, write_params
 
@@ -257,3 +258,47 @@ def test_rope_scaling_stretches_the_context_for_training_and_inference(tmp_path,
     assert model.config.max_position_embeddings == 4096 and model.config.rope_parameters["factor"] == 4.0
     plain = load_trained(tmp_path / "base", device="cpu")
     assert plain.config.max_position_embeddings == 1024
+
+
+def test_permuted_labels_keep_everything_but_the_signal(tok):
+    """The control corpus's sequence: labels shuffled among the shot rows and among the answer's items; the
+    label counts, the label set, the tokens and the loss positions stay."""
+    rng = np.random.default_rng(0)
+    shots, queries = rng.integers(0, 999, (40, 3)), rng.integers(0, 999, (10, 3))
+    y, yq = rng.integers(0, 4, 40), rng.integers(0, 4, 10)
+    msgs = prompt.messages(shots, y, queries, yq)
+    ctl = prompt.permute_labels(msgs, np.random.default_rng(1))
+    assert ctl == prompt.permute_labels(msgs, np.random.default_rng(1))  # seeded
+    head = ctl[1]["content"][:ctl[1]["content"].index("[Training set]")]
+    assert msgs[1]["content"].startswith(head)  # the label set line too
+    parsed, orig = prompt.parse_user_prompt(ctl[1]["content"]), prompt.parse_user_prompt(msgs[1]["content"])
+    np.testing.assert_array_equal(parsed["shots"], orig["shots"])
+    np.testing.assert_array_equal(parsed["queries"], orig["queries"])
+    assert sorted(parsed["shot_labels"]) == sorted(y) and not np.array_equal(parsed["shot_labels"], y)
+    answer = prompt.parse_answer(ctl[2]["content"], 10, 4)
+    assert sorted(answer) == sorted(yq) and not np.array_equal(answer, yq)
+    a, b = (tokenize_example(tok, m, shot_label_loss=True, answer_loss="labels") for m in (msgs, ctl))
+    assert len(a["input_ids"]) == len(b["input_ids"])
+    np.testing.assert_array_equal(a["labels"] != IGNORE, b["labels"] != IGNORE)
+
+
+def test_the_control_run_trains_on_permuted_labels(tmp_path, data):
+    """train.permute_labels: the dataset hands the trainer the permuted sequences (the same for every epoch
+    and process: seeded by the sequence), the plain run the corpus's own."""
+    from mllm.model.training_data import CorpusDataset
+
+    tok_dir, corpus = data
+    paths = sorted((corpus / "full").glob("shard-*.parquet"))
+    plain = CorpusDataset(paths, build_tokenizer(), True, seed=3, cache_dir=tmp_path)
+    ctl = CorpusDataset(paths, build_tokenizer(), True, seed=3, cache_dir=tmp_path, permute=True)
+    again = CorpusDataset(paths, build_tokenizer(), True, seed=3, cache_dir=tmp_path, permute=True)
+    changed = 0
+    for i in range(len(plain)):
+        p, c = plain[i], ctl[i]
+        np.testing.assert_array_equal(c["input_ids"], again[i]["input_ids"])
+        np.testing.assert_array_equal(p["labels"] != IGNORE, c["labels"] != IGNORE)
+        changed += not np.array_equal(p["input_ids"], c["input_ids"])
+    assert changed > len(plain) // 2
+    params = parse_params(raw_params(train={"permute_labels": True}))
+    s = run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    assert s["complete"] and np.isfinite(s["final_loss"])

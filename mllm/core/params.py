@@ -235,6 +235,8 @@ class TrainParams(_Strict):
     answer_loss: Literal["all", "labels"] = Field(
         description="all: the whole JSON answer carries loss (the paper); labels: only its "
         "label values (a model read by label scoring that never writes the JSON, e.g. the compiled base)")
+    permute_labels: bool = Field(description="the control run: each sequence's labels shuffled among its rows, "
+                                 "so the corpus keeps its format and label counts but not what features say")
     mixed_precision: Literal["auto", "bf16", "fp16", "no"]
     gradient_checkpointing: Literal["auto"] | bool
     checkpoint_every: int = Field(ge=1, description="optimizer steps between checkpoints")

@@ -201,7 +201,7 @@ def run_training(
         stage = tp.stages[si]
         ds = CorpusDataset(corpus_paths(corpus_dir, stage.corpus, stage.part), tokenizer, tp.shot_label_loss,
                            seed=params.seed + si, max_examples=stage.max_examples, answer_loss=tp.answer_loss,
-                           cache_dir=out_dir / CACHE, accelerator=accelerator)
+                           cache_dir=out_dir / CACHE, accelerator=accelerator, permute=tp.permute_labels)
         return DataLoader(ds, batch_size=tp.batch_size, shuffle=False, num_workers=0,
                           collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
 

@@ -13,23 +13,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mllm.text.prompt import ANSWER_LABEL, shot_section
+from mllm.text.prompt import ANSWER_LABEL, permute_labels, shot_label_spans
 
 IGNORE = -100
-
-
-def shot_label_spans(user: str) -> list[tuple[int, int]]:
-    """Character spans (start, end) of the labels of the ``[Training set]`` rows of a user prompt."""
-    spans = []
-    pos, end = shot_section(user)
-    while 0 <= pos < end:
-        nl = user.find("\n", pos, end)
-        line_end = end if nl < 0 else nl
-        bar = user.rfind("|", pos, line_end)
-        if bar >= 0:
-            spans.append((bar + 1, line_end))
-        pos = line_end + 1
-    return spans
 
 
 def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool, answer_loss: str = "all") -> dict:
@@ -68,14 +54,16 @@ def tokenize_example(tokenizer, messages: list[dict], shot_label_loss: bool, ans
 
 
 class CorpusDataset:
-    """A map-style dataset over corpus shards, tokenized on access, in a seeded order.
+    """A map-style dataset over corpus shards, tokenized on access, in a seeded order; with ``permute``, each
+    sequence's labels shuffled among its rows (seeded by the sequence: every process draws the same).
 
     The shards' messages are copied once (by the first process on each machine, batch by batch) into an
     uncompressed Arrow file in ``cache_dir`` that every rank memory-maps: a rank's memory holds the pages of
     the rows it reads, not the corpus."""
 
     def __init__(self, paths: list[str | Path], tokenizer, shot_label_loss: bool, seed: int, cache_dir: str | Path,
-                 max_examples: int | None = None, answer_loss: str = "all", accelerator=None):
+                 max_examples: int | None = None, answer_loss: str = "all", accelerator=None,
+                 permute: bool = False):
         self.messages = mapped_messages(paths, cache_dir, accelerator)
         n = len(self.messages)
         if not n:
@@ -85,12 +73,16 @@ class CorpusDataset:
         self.tokenizer = tokenizer
         self.shot_label_loss = shot_label_loss
         self.answer_loss = answer_loss
+        self.permute, self.seed = permute, seed
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, i: int) -> dict:
-        row = self.messages[int(self.order[i])].as_py()
+        k = int(self.order[i])
+        row = self.messages[k].as_py()
+        if self.permute:  # the control corpus: the same sequence with labels that the features do not predict
+            row = permute_labels(row, np.random.default_rng(np.random.SeedSequence([self.seed, 0xC0DE, k])))
         return tokenize_example(self.tokenizer, row, self.shot_label_loss, self.answer_loss)
 
 

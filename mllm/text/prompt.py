@@ -125,6 +125,41 @@ def shot_section(user: str) -> tuple[int, int]:
     return m.end(), (len(user) if end < 0 else end)
 
 
+def shot_label_spans(user: str) -> list[tuple[int, int]]:
+    """Character spans (start, end) of the labels of the ``[Training set]`` rows of a user prompt."""
+    spans = []
+    pos, end = shot_section(user)
+    while 0 <= pos < end:
+        nl = user.find("\n", pos, end)
+        line_end = end if nl < 0 else nl
+        bar = user.rfind("|", pos, line_end)
+        if bar >= 0:
+            spans.append((bar + 1, line_end))
+        pos = line_end + 1
+    return spans
+
+
+def _shuffle_spans(text: str, spans: list[tuple[int, int]], rng) -> str:
+    values = [text[a:b] for a, b in spans]
+    values = [values[i] for i in rng.permutation(len(values))]
+    out, at = [], 0
+    for (a, b), v in zip(spans, values, strict=True):
+        out += [text[at:a], v]
+        at = b
+    return "".join(out) + text[at:]
+
+
+def permute_labels(messages: list[dict], rng) -> list[dict]:
+    """A control sequence: the same task with its shot labels shuffled among the shot rows and its answer's
+    labels among the queries. The label counts, the label set and every token count stay; what the features
+    say about the labels goes."""
+    out = [dict(m) for m in messages]
+    out[-2]["content"] = _shuffle_spans(out[-2]["content"], shot_label_spans(out[-2]["content"]), rng)
+    answer = out[-1]["content"]
+    out[-1]["content"] = _shuffle_spans(answer, [m.span(1) for m in ANSWER_LABEL.finditer(answer)], rng)
+    return out
+
+
 def _numbers(text: str, what: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
