@@ -50,7 +50,7 @@ def heldout_tasks(params: Params, n: int, shots: int) -> list[Task]:
             tasks.append(task)
     if len(tasks) < n:
         raise InputError(f"only {len(tasks)} of {n} held-out synthetic tasks passed the teacher in {MAX_DRAWS * n} "
-                         "draws: loosen the filter params or ask for fewer evaluate.synthetic_tasks")
+                         "draws: loosen the filter params or ask for fewer evaluate.synthetic.tasks")
     return tasks
 
 

@@ -54,7 +54,7 @@ class LabelTokens:
     end_next: int  # the token after a label that another item follows
     end_last: int  # the token after the answer's last label
     _paths: np.ndarray = field(init=False, repr=False, compare=False)
-    _nodes: tuple = field(init=False, repr=False, compare=False)
+    _nodes: tuple = field(init=False, repr=False, compare=False)  # (nodes with a choice, their columns)
 
     def __post_init__(self):
         labels = {s: k for k, s in enumerate(self.seqs)}
@@ -78,8 +78,10 @@ class LabelTokens:
             if s in index:
                 steps.append(offset[s] + len(children[s]))  # the label ends here rather than going on
             paths[k, :len(steps)] = steps
+        # per node: its child tokens' logit columns, and whether the label's end is allowed there
+        cols = tuple(([t for m, t in flat if m == i and t is not None], (i, None) in flat) for i in range(len(nodes)))
         object.__setattr__(self, "_paths", paths)
-        object.__setattr__(self, "_nodes", (nodes, flat))
+        object.__setattr__(self, "_nodes", (nodes, cols))
 
     @property
     def single(self) -> bool:
@@ -109,15 +111,12 @@ class LabelTokens:
 
         if self.single:  # a softmax over the label tokens
             return torch.softmax(root[:, self.first].float(), dim=-1)
-        nodes, flat = self._nodes
-        logits = [root, *probes]
         ends = torch.where(torch.as_tensor(last), self.end_last, self.end_next).to(root.device)
         parts = []
-        for i in range(len(nodes)):
-            toks = [t for n, t in flat if n == i]
-            cols = logits[i][:, [t for t in toks if t is not None]].float()
-            if None in toks:
-                cols = torch.cat([cols, logits[i].gather(1, ends[:, None]).float()], dim=1)
+        for logits, (children, ends_here) in zip([root, *probes], self._nodes[1], strict=True):
+            cols = logits[:, children].float()
+            if ends_here:
+                cols = torch.cat([cols, logits.gather(1, ends[:, None]).float()], dim=1)
             parts.append(torch.log_softmax(cols, dim=-1))
         lp = torch.cat(parts + [torch.zeros_like(parts[0][:, :1])], dim=1)
         return torch.softmax(lp[:, torch.as_tensor(self._paths, device=lp.device)].sum(-1), dim=-1)
