@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 from mllm.core import tracking
 from mllm.core.atomic import atomic_dir, write_json_atomic
 from mllm.core.params import load_params
+from mllm.evaluation.curve import curve_point, read_snapshots, write_curve
 from mllm.evaluation.models import in_context, label_capacity_of, models_to_evaluate, release_memory
 from mllm.evaluation.plots import write_curve_csv, write_pngs
 from mllm.evaluation.suite import (
@@ -40,11 +41,13 @@ def evaluate_table(name: str, X, y, fns: dict, shots: list[int], seeds: list[int
 @flow(name="evaluate")
 def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/model", out: str = "data/evaluate",
                   metrics: str = "metrics/evaluate.json", curve: str = "plots/learning_curve.csv",
+                  snapshots: str | None = None, training_curve: str = "plots/training_curve.csv",
                   overrides: dict | None = None) -> dict:
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     ep = params.evaluate
     refs, champion_version = models_to_evaluate(params, model)
+    points = _curve_models(snapshots, refs)
     tables, skipped = load_suite(ep, label_capacity_of(refs))
     for name, why in skipped.items():
         logger.warning("skipping table %s: %s", name, why)
@@ -61,12 +64,20 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
             synthetic[model_name] = heldout_accuracy(fn, held, sp.shots, sp.queries)
         del fn
         release_memory()
+    for p in points:  # accuracy vs training tokens: the base, then each snapshot (the last is the trained model)
+        fn = in_context(p.pop("ref"), ep, params.seed)
+        p.update(curve_point(fn, tables, held, params))
+        logger.info("curve: %d tokens, held-out synthetic accuracy %s (label loss %s), tables %s", p["tokens"],
+                    p["synthetic_accuracy"], p["synthetic_label_loss"], p["tables_accuracy"])
+        del fn
+        release_memory()
     rows = in_table_order(rows, list(tables), names, ep.shots, ep.seeds)
     seconds = time.perf_counter() - t0
     summary = summarise(rows, skipped, suite_id(ep, list(tables)))
     summary["models"] = refs
     if held:
         summary["synthetic"] = {"tasks": len(held), "shots": sp.shots, "queries": sp.queries, "accuracy": synthetic}
+    summary["training_curve"] = points
     summary["champion_version"] = champion_version
     summary["seconds"] = round(seconds, 1)
     per_seed = [r for r in rows if r["seed"] != VOTE]  # the curves: seeds averaged, as ever
@@ -78,6 +89,7 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
             part.to_csv(Path(tmp) / TABLES / dataset / f"shots-{shots}.csv", index=False)
         pngs = write_pngs(per_seed, tmp)
     write_curve_csv(per_seed, curve)
+    write_curve(points, training_curve)
     write_json_atomic(metrics, summary)
     mean = summary["mean_accuracy"]
     logger.info("mean accuracy: %s", ", ".join(f"{m} {v:.3f}" for m, v in mean.items()))
@@ -93,6 +105,9 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
         mlflow.log_metrics({f"mean_accuracy_vote.{m}": v for m, v in summary["mean_accuracy_vote"].items()
                             if v is not None})
         mlflow.log_metrics({f"synthetic_accuracy.{m}": v for m, v in synthetic.items()})
+        for p in points:  # MLflow's step axis: tokens trained on
+            mlflow.log_metrics({f"curve.{k}": p[k] for k in ("synthetic_accuracy", "synthetic_label_loss",
+                                                               "tables_accuracy") if p[k] is not None}, step=p["tokens"])
         for m, by in summary["accuracy_by_shots"].items():
             for n, v in by.items():
                 if v is not None:
@@ -108,12 +123,27 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
     return summary
 
 
+def _curve_models(snapshots: str | None, refs: dict[str, str]) -> list[dict]:
+    """The curve's points to score: the base at 0 tokens (when it is evaluated), then the snapshots."""
+    points = [{"step": 0, "tokens": 0, "ref": refs["base"]}] if "base" in refs else []
+    if snapshots is None:
+        return points
+    if not Path(snapshots).is_file():
+        get_run_logger().warning("no snapshot index %s (train.snapshot_every is 0?): the training curve holds "
+                                 "the base only", snapshots)
+        return points
+    return points + [{"step": e["step"], "tokens": e["tokens"], "ref": e["path"]} for e in read_snapshots(snapshots)]
+
+
 def run_evaluate(params_path: str = "params.yaml", model: str = "data/train/model", out: str = "data/evaluate",
                  metrics: str = "metrics/evaluate.json", curve: str = "plots/learning_curve.csv",
+                 snapshots: str | None = None, training_curve: str = "plots/training_curve.csv",
                  overrides: dict | None = None) -> dict:
-    """Validate params, tables and models before the flow starts."""
+    """Validate params, tables, models and snapshots before the flow starts."""
     params = load_params(params_path, overrides)
     load_suite(params.evaluate)
     models_to_evaluate(params, model)
+    if snapshots is not None and Path(snapshots).is_file():
+        read_snapshots(snapshots)
     return evaluate_flow(params_path=params_path, model=model, out=out, metrics=metrics, curve=curve,
-                         overrides=overrides)
+                         snapshots=snapshots, training_curve=training_curve, overrides=overrides)

@@ -178,6 +178,9 @@ def evaluate(
     out: Annotated[str, typer.Option(help="per-row results and PNG learning curves")] = "data/evaluate",
     metrics: MetricsOpt = "metrics/evaluate.json",
     curve: Annotated[str, typer.Option(help="learning-curve CSV for `dvc plots`")] = "plots/learning_curve.csv",
+    snapshots: Annotated[str | None, typer.Option(help="the train stage's snapshot index "
+                                                  "(data/train/snapshots/index.json): the training curve")] = None,
+    training_curve: Annotated[str, typer.Option(help="accuracy-vs-training-tokens CSV for `dvc plots`")] = "plots/training_curve.csv",
     set_: SetOpt = None,
 ) -> None:
     """Evaluate the trained model, its base, the champion and classical baselines on real tables."""
@@ -185,7 +188,7 @@ def evaluate(
     def start(overrides):
         from flows.evaluate import run_evaluate
 
-        return run_evaluate(params, model, out, metrics, curve, overrides)
+        return run_evaluate(params, model, out, metrics, curve, snapshots, training_curve, overrides)
 
     s = _run(params, set_, start)
     mean = s["mean_accuracy"]
@@ -195,7 +198,10 @@ def evaluate(
         q = s["quality_bar"]
         typer.echo(f"at {q['shots']} shots the trained model is {100 * (q['lift_over_majority'] or 0):+.1f} points "
                    f"over the majority class; curve {'rising' if q['rising'] else 'not rising'}")
-    typer.echo(f"metrics -> {metrics}; learning curves -> {out}/learning_curve.png, {curve}")
+    for p in s["training_curve"]:
+        typer.echo(f"  after {p['tokens']:>9,} training tokens: held-out synthetic {p['synthetic_accuracy']} "
+                   f"(label loss {p['synthetic_label_loss']}), tables {p['tables_accuracy']}")
+    typer.echo(f"metrics -> {metrics}; learning curves -> {out}/learning_curve.png, {curve}, {training_curve}")
 
 
 @app.command()

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -44,9 +45,10 @@ def _tiny(tmp_path, **gen):
                                  "max_positions": 1024})
     params["train"].update(stages=[{"name": "warmup", "corpus": "warmup", "lr": 1e-3, "epochs": 1, "max_steps": 2, "max_examples": None},
                                    {"name": "full", "corpus": "full", "lr": 1e-3, "epochs": 1, "max_steps": 2, "max_examples": None}],
-                           grad_accum=2, checkpoint_every=1)
+                           grad_accum=2, checkpoint_every=1, snapshot_every=2)
     params["evaluate"].update(sklearn_datasets=["iris", "wine"], shots=[8, 16], seeds=[0], max_test=12,
-                              baselines=["knn", "majority"], synthetic={"tasks": 3, "shots": 16, "queries": 5})
+                              baselines=["knn", "majority"], synthetic={"tasks": 3, "shots": 16, "queries": 5},
+                              curve={"shots": 8, "max_test": 5, "synthetic_tasks": 2})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return params
 
@@ -90,8 +92,16 @@ def test_dvc_repro_runs_the_pipeline_on_tiny_params(tmp_path, venv_env):
     assert ev["synthetic"]["tasks"] == 3 and set(ev["synthetic"]["accuracy"]) == {"trained", "knn", "majority"}
     for png in ("learning_curve.png", "learning_curve_by_table.png"):
         assert (tmp_path / "data/evaluate" / png).read_bytes()[:4] == b"\x89PNG"
+    # the training curve: a snapshot every 2 steps, the last the trained model, tokens counted on
+    curve = ev["training_curve"]
+    assert [p["step"] for p in curve] == [2, 4] and 0 < curve[0]["tokens"] < curve[1]["tokens"] == summary["tokens_total"]
+    for p in curve:
+        assert 0 <= p["synthetic_accuracy"] <= 1 and 0 <= p["tables_accuracy"] <= 1 and p["synthetic_label_loss"] > 0
+    assert list(pd.read_csv(tmp_path / "plots/training_curve.csv").tokens) == [p["tokens"] for p in curve]
+    ev_run = runs[runs["tags.mllm.stage"] == "evaluate"].run_id.iloc[0]
+    assert [m.step for m in client.get_metric_history(ev_run, "curve.synthetic_accuracy")] == [p["tokens"] for p in curve]
     plots = _run(["dvc", "plots", "show", "--json"], tmp_path, venv_env).stdout
-    assert "learning_curve.csv" in plots
+    assert "learning_curve.csv" in plots and "training_curve.csv" in plots and "training_label_loss" in plots
     # register: a version with alias candidate; champion only as the decision says
     reg = json.loads((tmp_path / "metrics/registry.json").read_text())
     mv = client.get_model_version_by_alias("mllm", "candidate")

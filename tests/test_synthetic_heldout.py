@@ -51,3 +51,20 @@ def test_a_filter_that_keeps_nothing_is_named(params):
     strict = params.model_copy(update={"filter": params.filter.model_copy(update={"kappa_min": 0.999})})
     with pytest.raises(InputError, match="held-out synthetic tasks passed the teacher"):
         heldout_tasks(strict, 2, shots=32)
+
+
+def test_heldout_label_loss_reads_the_labels_the_shots_give(params):
+    """The compiled base reads each answer off the shots: its teacher-forced label loss is lower on the tasks
+    as they are than on the same tasks with their labels permuted (the features no longer say the label)."""
+    import dataclasses
+
+    from mllm.evaluation.synthetic import heldout_label_loss
+    from mllm.model.loading import TINY_BASE_DIR, load_trained_with_tokenizer
+
+    model, tok = load_trained_with_tokenizer(TINY_BASE_DIR, device="cpu")
+    tasks = heldout_tasks(params, 6, shots=32)
+    rng = np.random.default_rng(0)
+    shuffled = [dataclasses.replace(t, y=rng.permutation(t.y)) for t in tasks]
+    real = heldout_label_loss(model, tok, tasks, params.encode, 32, 10, params.seed)
+    control = heldout_label_loss(model, tok, shuffled, params.encode, 32, 10, params.seed)
+    assert np.isfinite(real) and real + 0.2 < control

@@ -227,6 +227,31 @@ def test_time_budget_stops_exports_and_resumes(tmp_path, data):
     assert again["position"]["step"] == 1 and again["steps_this_run"] == 1
 
 
+def test_snapshots_index_the_weights_and_tokens_across_a_resume(tmp_path, data):
+    """train.snapshot_every: a model directory every N optimizer steps over the whole curriculum, the last step
+    pointing at the exported model; tokens count on from a resume; a fresh start drops another run's snapshots."""
+    from mllm.evaluation.curve import read_snapshots
+    from mllm.model.loading import load_trained
+
+    tok_dir, corpus = data
+    params = parse_params(raw_params(train={"snapshot_every": 2}))
+    out = tmp_path / "out"
+    first = run_training(params, corpus, str(tok_dir), out, time_budget_s=0.0)  # stops after step 1
+    assert first["tokens_total"] == first["tokens_this_run"] > 0 and not (out / "snapshots" / "index.json").exists()
+    rest = run_training(params, corpus, str(tok_dir), out)
+    snaps = read_snapshots(out / "snapshots" / "index.json")
+    assert [s["step"] for s in snaps] == [2, 4, 6, 7]  # 3 warm-up + 4 full steps
+    tokens = [s["tokens"] for s in snaps]
+    assert first["tokens_total"] < tokens[0] and tokens == sorted(set(tokens))
+    assert tokens[-1] == rest["tokens_total"] == first["tokens_total"] + rest["tokens_this_run"]
+    assert snaps[-1]["path"] == str((out / "model").resolve())
+    w4, w7 = (load_trained(s["path"], device="cpu").model.norm.weight for s in (snaps[1], snaps[3]))
+    assert not np.allclose(w4.detach().numpy(), w7.detach().numpy())
+
+    run_training(parse_params(raw_params(seed=2)), corpus, str(tok_dir), out, time_budget_s=0.0)  # other params
+    assert not (out / "snapshots").exists()
+
+
 def test_corpus_with_no_sequences_is_refused(tmp_path, data):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -47,7 +47,7 @@ def lora_base(tmp_path_factory):
 
 def _lora(base, **train):
     return raw_params(model={"base": str(base), "adapter": "lora", "lora": {"dropout": 0.0}},
-                      train={"stages": STAGES, "grad_accum": 1, "warmup_ratio": 0.2, **train})
+                      train={"stages": STAGES, "grad_accum": 1, "warmup_ratio": 0.2, "snapshot_every": 2, **train})
 
 
 def _cmd(n, params_file, corpus, tok, out):
@@ -155,6 +155,20 @@ def _kill_inside_stage_two(cmd, out, env):
     return killed
 
 
+def _same_snapshots(a_dir, b_dir, atol):
+    """The same snapshot steps, token counts (counted on across the resume) and weights."""
+    from mllm.evaluation.curve import read_snapshots
+
+    a, b = (read_snapshots(d / "snapshots" / "index.json") for d in (a_dir, b_dir))
+    assert [(s["step"], s["tokens"]) for s in a] == [(s["step"], s["tokens"]) for s in b]
+    assert [s["step"] for s in a] == [2, 4, 6, 8, 9]
+    for sa, sb in zip(a[:-1], b[:-1], strict=True):
+        wa, wb = (load_file(str(Path(s["path"]) / "adapter_model.safetensors")) for s in (sa, sb))
+        assert wa.keys() == wb.keys() and wa
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
+
+
 def _same_adapters(a_dir, b_dir, atol):
     a, b = (load_file(str(d / "model" / "adapter_model.safetensors")) for d in (a_dir, b_dir))
     assert a.keys() == b.keys() and a
@@ -173,6 +187,8 @@ def test_two_processes_follow_the_one_process_learning_rate_schedule(tmp_path, d
     expected = [curriculum_lr(parse_params(_lora(lora_base)), [3, 6])(g) for g in range(9)]
     np.testing.assert_allclose([h["lr"] for h in one["history"]], expected, rtol=1e-12)
     np.testing.assert_allclose([h["lr"] for h in two["history"]], expected, rtol=1e-12)
+    # the tokens of the training curve are every rank's: two processes read about twice the sequences
+    assert 1.5 < two["tokens_total"] / one["tokens_total"] < 2.5
 
 
 @pytest.mark.slow
@@ -189,6 +205,7 @@ def test_two_processes_killed_inside_stage_two_resume_exactly(tmp_path, data, lo
     assert resumed["steps_this_run"] == 6 - killed["step"]
     assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in ref["history"]][-len(resumed["history"]):]
     _same_adapters(ref_dir, run, atol=1e-6)
+    _same_snapshots(ref_dir, run, atol=1e-6)
     ends = [d / CHECKPOINTS / "stage2-step0" for d in (ref_dir, run)]
     opt_a, opt_b = (torch.load(e / "optimizer.bin", weights_only=True) for e in ends)
     assert opt_a["state"].keys() == opt_b["state"].keys() and opt_a["state"]

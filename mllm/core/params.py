@@ -240,6 +240,8 @@ class TrainParams(_Strict):
     mixed_precision: Literal["auto", "bf16", "fp16", "no"]
     gradient_checkpointing: Literal["auto"] | bool
     checkpoint_every: int = Field(ge=1, description="optimizer steps between checkpoints")
+    snapshot_every: int = Field(ge=0, description="optimizer steps between snapshots of the trained weights, "
+                                "which the evaluate stage scores into the accuracy-vs-tokens curve (0: none)")
     num_processes: int = Field(ge=1, description="data-parallel processes (torchrun) on this machine")
     log_every: int = Field(ge=1)
 
@@ -250,6 +252,15 @@ class SyntheticParams(_Strict):
     tasks: int = Field(ge=0, description="held-out tasks (0: none)")
     shots: int = Field(ge=2, description="context rows per task: its first ones")
     queries: int = Field(ge=1, description="query rows scored per task, at most")
+
+
+class CurveParams(_Strict):
+    """The accuracy-vs-training-tokens curve: the base, each training snapshot and the trained model, scored
+    on a slice of the evaluation (one seed) so that every point costs seconds, not minutes."""
+
+    shots: int = Field(ge=2, description="context rows per real table")
+    max_test: int = Field(ge=1, description="test rows per real table")
+    synthetic_tasks: int = Field(ge=0, description="the first N of the held-out synthetic tasks (0: none)")
 
 
 class EvaluateParams(_Strict):
@@ -269,6 +280,7 @@ class EvaluateParams(_Strict):
     n_ensemble: int = Field(ge=1)
     registered_model: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     synthetic: SyntheticParams
+    curve: CurveParams
 
     @field_validator("shots")
     @classmethod

@@ -4,16 +4,19 @@ The tasks come from the generate stage's prior and params and pass the filter st
 from a seed stream of their own (the pipeline seed and ``HELDOUT_STREAM``), so no corpus task is among
 them. Each task's first ``shots`` rows are the context and its query rows are scored, through the same
 predict functions as the real tables (categorical columns as text categories, as a user's table has them).
-Beside the real tables this says whether training taught what the corpus holds.
+Beside the real tables this says whether training taught what the corpus holds; ``heldout_label_loss``
+says it more finely (teacher-forced, the training loss on tasks no corpus holds).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
 
 from mllm.core.errors import InputError
-from mllm.core.params import Params
+from mllm.core.params import EncodeParams, Params
 from mllm.data.filter import gates_of
 from mllm.data.prior.sampler import generate_task
 from mllm.data.task import Task
@@ -62,3 +65,30 @@ def heldout_accuracy(fn: PredictFn, tasks: list[Task], shots: int, queries: int)
         classes, proba = fn(ctx, y, qry)
         right.append(np.asarray(classes)[np.asarray(proba).argmax(axis=1)] == truth)
     return round(float(np.concatenate(right).mean()), 6)
+
+
+def heldout_label_loss(model, tokenizer, tasks: list[Task], ep: EncodeParams, shots: int, queries: int,
+                       seed: int) -> float:
+    """Teacher-forced: the mean cross-entropy of the answers' label tokens, each task encoded as a training
+    sequence is (its first ``shots`` rows, as many as ``ep.cutoff_len`` allows, and ``queries`` query rows)."""
+    import torch
+
+    from mllm.model.train import causal_lm_loss
+    from mllm.model.training_data import IGNORE, collate, tokenize_example
+    from mllm.text.corpus import encode_task
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for task in tasks:
+        s, q = min(shots, task.n_shots), min(queries, task.n_queries)
+        cut = dataclasses.replace(task, X=np.concatenate([task.X[:s], task.X[task.n_shots:task.n_shots + q]]),
+                                  y=np.concatenate([task.y[:s], task.y[task.n_shots:task.n_shots + q]]),
+                                  n_shots=s, n_queries=q)
+        seq = encode_task(cut, tokenizer, seed, ep.model_copy(update={"max_queries": q}))
+        ex = tokenize_example(tokenizer, seq.messages, shot_label_loss=False, answer_loss="labels")
+        batch = {k: v.to(device) for k, v in collate([ex], tokenizer.pad_token_id).items()}
+        n = int((batch["labels"] != IGNORE).sum())
+        with torch.no_grad():
+            total += float(causal_lm_loss(model, batch)) * n
+        count += n
+    return round(total / count, 6)

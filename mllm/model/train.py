@@ -27,6 +27,9 @@ from mllm.model.training_data import IGNORE, CorpusDataset, collate, corpus_leng
 
 # The train stage's output directory: checkpoints, the final model, its summary, and the MLflow run id.
 CHECKPOINTS, FINAL, STATE, SUMMARY = "checkpoints", "model", "state.json", "train_summary.json"
+# Snapshots of the trained weights every train.snapshot_every steps, each a model directory like FINAL, and
+# their index (step, tokens seen, path relative to the index): the evaluate stage's accuracy-vs-tokens curve.
+SNAPSHOTS, SNAPSHOT_INDEX = "snapshots", "index.json"
 # Checkpoints of another layout are not resumed (the run starts afresh): 2 = trainable weights only, one
 # optimizer and one scheduler for the whole curriculum.
 CHECKPOINT_FORMAT = 2
@@ -188,6 +191,9 @@ def run_training(
     ckpt = _latest_checkpoint(out_dir, fp) if resume else None
     if not resume:
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    if not ckpt and accelerator.is_main_process:  # a fresh start: another run's snapshots are not this one's
+        shutil.rmtree(out_dir / SNAPSHOTS, ignore_errors=True)
+    tokens_before = ckpt[1].get("tokens", 0) if ckpt else 0  # tokens trained on before this run, all ranks
     model = add_adapter(base, params.model)
     if tp.gradient_checkpointing is True or (tp.gradient_checkpointing == "auto" and torch.cuda.is_available()):
         model.gradient_checkpointing_enable()
@@ -215,6 +221,15 @@ def run_training(
     if ckpt:
         accelerator.load_state(str(ckpt[0]))
 
+    def export(dest: Path, state: dict) -> None:
+        save_trained(accelerator.unwrap_model(model), dest, state_dict=state)
+        save_tokenizer(tokenizer, dest)
+        (dest / "mllm_model.json").write_text(json.dumps({
+            "base": params.model.base, "adapter": params.model.adapter, "tokenizer": tokenizer_path,
+            "rope_scaling": params.model.rope_scaling.model_dump() if params.model.rope_scaling else None,
+        }, indent=2) + "\n")
+
+    total_steps = sum(steps_of)
     total_tokens, steps_this_run, last_loss, out_of_time = 0, 0, float("nan"), False
     t_start = time.perf_counter()
     history = []
@@ -265,21 +280,25 @@ def run_training(
                 window_loss, window_tokens, t_window = [], 0, time.perf_counter()
                 if STEP_DELAY:
                     time.sleep(STEP_DELAY)
+                g = sum(steps_of[:si]) + step
+                if tp.snapshot_every and (g % tp.snapshot_every == 0 or g == total_steps):
+                    _snapshot(accelerator, model, out_dir, g, tokens_before + total_tokens, export,
+                              final=g == total_steps)
                 if step % tp.checkpoint_every == 0 and step < steps:
-                    _save_checkpoint(accelerator, out_dir, si, step, fp)
+                    _save_checkpoint(accelerator, out_dir, si, step, fp, tokens_before + total_tokens)
                 out_of_time = _past(accelerator, t_start, time_budget_s)
                 if step >= steps or out_of_time:
                     break
             epoch += 1
             if out_of_time and step < steps:
-                _save_checkpoint(accelerator, out_dir, si, step, fp)
+                _save_checkpoint(accelerator, out_dir, si, step, fp, tokens_before + total_tokens)
                 break
         if step < steps:  # out of time mid-stage
             break
         if scheduler.scheduler.last_epoch != sum(steps_of[:si + 1]):
             raise RuntimeError(f"stage {stage.name!r} ended at scheduler step {scheduler.scheduler.last_epoch}, "
                                f"not {sum(steps_of[:si + 1])}")
-        _save_checkpoint(accelerator, out_dir, si + 1, 0, fp)  # stage done: the next one starts from here
+        _save_checkpoint(accelerator, out_dir, si + 1, 0, fp, tokens_before + total_tokens)  # the next stage starts here
         completed = si == len(tp.stages) - 1
         if out_of_time:
             break
@@ -298,6 +317,7 @@ def run_training(
         "corpus_sizes": sizes,
         "steps_this_run": steps_this_run,
         "tokens_this_run": total_tokens,
+        "tokens_total": tokens_before + total_tokens,
         "tokens_per_s": total_tokens / seconds if seconds > 0 else 0.0,
         "final_loss": last_loss,
         "trainable_params": int(sum(p.numel() for p in trainable)),
@@ -307,12 +327,7 @@ def run_training(
     if accelerator.is_main_process:
         final = out_dir / FINAL
         shutil.rmtree(final, ignore_errors=True)
-        save_trained(accelerator.unwrap_model(model), final, state_dict=state)
-        save_tokenizer(tokenizer, final)
-        (final / "mllm_model.json").write_text(json.dumps({
-            "base": params.model.base, "adapter": params.model.adapter, "tokenizer": tokenizer_path,
-            "rope_scaling": params.model.rope_scaling.model_dump() if params.model.rope_scaling else None,
-        }, indent=2) + "\n")
+        export(final, state)
         write_json_atomic(out_dir / SUMMARY, {**summary, "history": history})
     accelerator.wait_for_everyone()
     if completed and accelerator.is_local_main_process:
@@ -356,17 +371,39 @@ def _global_step(stage_index: int, step: int) -> int:
     return stage_index * 1_000_000 + step  # MLflow steps stay ordered across stages
 
 
-def _save_checkpoint(accelerator, out_dir: Path, stage: int, step: int, fp: str) -> None:
-    """Write the full training state, then atomically point state.json at it; keep only the newest."""
+def _save_checkpoint(accelerator, out_dir: Path, stage: int, step: int, fp: str, tokens: int) -> None:
+    """Write the full training state, then atomically point state.json at it (with the tokens trained on so
+    far, over all ranks); keep only the newest."""
     root = out_dir / CHECKPOINTS
     name = f"stage{stage}-step{step}"
     accelerator.save_state(str(root / name))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         old = json.loads((root / STATE).read_text())["dir"] if (root / STATE).is_file() else None
-        write_json_atomic(root / STATE, {"dir": name, "stage": stage, "step": step, "fingerprint": fp})
+        write_json_atomic(root / STATE, {"dir": name, "stage": stage, "step": step, "fingerprint": fp,
+                                         "tokens": tokens})
         if old and old != name:
             shutil.rmtree(root / old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _snapshot(accelerator, model, out_dir: Path, g: int, tokens: int, export, final: bool) -> None:
+    """Record the weights after global step ``g`` in the snapshot index. The last step's entry points at the
+    exported model (written when training ends) instead of a copy of it. A resumed run rewrites the entries
+    from its resume point on, with the same weights and counts."""
+    from mllm.core.atomic import atomic_dir
+
+    root = out_dir / SNAPSHOTS
+    name = f"step-{g:06d}"
+    state = None if final else accelerator.get_state_dict(model)  # on every rank (FSDP gathers)
+    if accelerator.is_main_process:
+        if not final:
+            with atomic_dir(root / name) as tmp:
+                export(Path(tmp), state)
+        index = root / SNAPSHOT_INDEX
+        entries = [e for e in (json.loads(index.read_text()) if index.is_file() else []) if e["step"] < g]
+        where = f"../{FINAL}" if final else name
+        write_json_atomic(index, [*entries, {"step": g, "tokens": tokens, "path": where}])
     accelerator.wait_for_everyone()
 
 
