@@ -71,9 +71,9 @@ class Checkout:
     `dvc status` which stages an edit marks as changed."""
 
     OUTS = ["data/generated", "data/filtered", "data/tokenizer", "data/base", "data/corpus", "data/train/model",
-            "data/evaluate"]
+            "data/train/snapshots", "data/evaluate"]
     FILES = ["metrics/filter.json", "metrics/encode.json", "metrics/evaluate.json", "metrics/registry.json",
-             "plots/learning_curve.csv"]
+             "plots/learning_curve.csv", "plots/training_curve.csv"]
 
     def __init__(self, root: Path, env: dict, dvc_yaml: str | None = None):
         self.root, self.env = root, env
