@@ -62,15 +62,15 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
             rows += evaluate_table(name, X, y, {model_name: fn}, ep.shots, ep.seeds, ep.max_test, ep.test_chunk)
         if held:
             synthetic[model_name] = heldout_accuracy(fn, held, sp.shots, sp.queries)
+        for p in points:  # the base and the trained model are loaded once, for both
+            if p["ref"] == model_name:
+                _score_point(p, fn, tables, held, params, logger)
         del fn
         release_memory()
-    for p in points:  # accuracy vs training tokens: the base, then each snapshot (the last is the trained model)
-        fn = in_context(p.pop("ref"), ep, params.seed)
-        p.update(curve_point(fn, tables, held, params))
-        logger.info("curve: %d tokens, held-out synthetic accuracy %s (label loss %s), tables %s", p["tokens"],
-                    p["synthetic_accuracy"], p["synthetic_label_loss"], p["tables_accuracy"])
-        del fn
-        release_memory()
+    for p in points:  # accuracy vs training tokens: the snapshots before the last
+        if "ref" in p:
+            _score_point(p, in_context(p["ref"], ep, params.seed), tables, held, params, logger)
+            release_memory()
     rows = in_table_order(rows, list(tables), names, ep.shots, ep.seeds)
     seconds = time.perf_counter() - t0
     summary = summarise(rows, skipped, suite_id(ep, list(tables)))
@@ -124,15 +124,25 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
 
 
 def _curve_models(snapshots: str | None, refs: dict[str, str]) -> list[dict]:
-    """The curve's points to score: the base at 0 tokens (when it is evaluated), then the snapshots."""
-    points = [{"step": 0, "tokens": 0, "ref": refs["base"]}] if "base" in refs else []
+    """The curve's points to score: the base at 0 tokens (when it is evaluated), then the snapshots. A point's
+    ``ref`` is the name in ``refs`` of a model evaluated anyway (the base, the trained model), else its path."""
+    points = [{"step": 0, "tokens": 0, "ref": "base"}] if "base" in refs else []
     if snapshots is None:
         return points
     if not Path(snapshots).is_file():
         get_run_logger().warning("no snapshot index %s (train.snapshot_every is 0?): the training curve holds "
                                  "the base only", snapshots)
         return points
-    return points + [{"step": e["step"], "tokens": e["tokens"], "ref": e["path"]} for e in read_snapshots(snapshots)]
+    named = {str(Path(r).resolve()): n for n, r in refs.items() if Path(r).is_dir()}
+    return points + [{"step": e["step"], "tokens": e["tokens"], "ref": named.get(e["path"], e["path"])}
+                     for e in read_snapshots(snapshots)]
+
+
+def _score_point(p: dict, fn, tables: dict, held: list, params, logger) -> None:
+    del p["ref"]
+    p.update(curve_point(fn, tables, held, params))
+    logger.info("curve: %d tokens, held-out synthetic accuracy %s (label loss %s), tables %s", p["tokens"],
+                p["synthetic_accuracy"], p["synthetic_label_loss"], p["tables_accuracy"])
 
 
 def run_evaluate(params_path: str = "params.yaml", model: str = "data/train/model", out: str = "data/evaluate",

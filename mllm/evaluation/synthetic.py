@@ -31,14 +31,22 @@ def heldout_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, HELDOUT_STREAM]).generate_state(1)[0])
 
 
+def _first(task: Task, shots: int, queries: int) -> Task:
+    """The task cut to its first ``shots`` rows and first ``queries`` query rows: what is scored of it."""
+    s, q = min(shots, task.n_shots), min(queries, task.n_queries)
+    rows = np.r_[0:s, task.n_shots:task.n_shots + q]
+    return dataclasses.replace(task, X=task.X[rows], y=task.y[rows], n_shots=s, n_queries=q)
+
+
 def _tables(task: Task, shots: int, queries: int) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
     """(context, its labels, queries, their labels): the task's first ``shots`` rows and first ``queries``
     query rows."""
-    s, q = min(shots, task.n_shots), task.n_shots + min(queries, task.n_queries)
+    task = _first(task, shots, queries)
+    s = task.n_shots
     frame = pd.DataFrame(task.X, columns=[f"x{j}" for j in range(task.n_features)])
     for j in np.flatnonzero(task.categorical):
         frame[f"x{j}"] = [f"v{int(v)}" for v in task.X[:, j]]
-    return frame.iloc[:s], task.y[:s], frame.iloc[task.n_shots:q].reset_index(drop=True), task.y[task.n_shots:q]
+    return frame.iloc[:s], task.y[:s], frame.iloc[s:].reset_index(drop=True), task.y[s:]
 
 
 def heldout_tasks(params: Params, n: int, shots: int) -> list[Task]:
@@ -80,11 +88,8 @@ def heldout_label_loss(model, tokenizer, tasks: list[Task], ep: EncodeParams, sh
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for task in tasks:
-        s, q = min(shots, task.n_shots), min(queries, task.n_queries)
-        cut = dataclasses.replace(task, X=np.concatenate([task.X[:s], task.X[task.n_shots:task.n_shots + q]]),
-                                  y=np.concatenate([task.y[:s], task.y[task.n_shots:task.n_shots + q]]),
-                                  n_shots=s, n_queries=q)
-        seq = encode_task(cut, tokenizer, seed, ep.model_copy(update={"max_queries": q}))
+        cut = _first(task, shots, queries)
+        seq = encode_task(cut, tokenizer, seed, ep.model_copy(update={"max_queries": cut.n_queries}))
         ex = tokenize_example(tokenizer, seq.messages, shot_label_loss=False, answer_loss="labels")
         batch = {k: v.to(device) for k, v in collate([ex], tokenizer.pad_token_id).items()}
         n = int((batch["labels"] != IGNORE).sum())
