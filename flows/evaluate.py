@@ -63,7 +63,7 @@ def evaluate_flow(params_path: str = "params.yaml", model: str = "data/train/mod
         if held:
             synthetic[model_name] = heldout_accuracy(fn, held, sp.shots, sp.queries)
         for p in points:  # the base and the trained model are loaded once, for both
-            if p["ref"] == model_name:
+            if p.get("ref") == model_name:
                 _score_point(p, fn, tables, held, params, logger)
         del fn
         release_memory()
