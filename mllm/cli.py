@@ -257,6 +257,8 @@ def predict(
     n_ensemble: Annotated[int, typer.Option(help="permutations averaged", min=1)] = 1,
     max_queries: Annotated[int, typer.Option(help="rows answered per sequence (as the model was trained)",
                                              min=1, max=MAX_QUERIES)] = DEFAULT_MAX_QUERIES,
+    cutoff_len: Annotated[int | None, typer.Option(help="tokens per sequence (default: the model's window); a "
+                                                   "context over it is answered from its nearest-neighbour shots")] = None,
 ) -> None:
     """Predict the rows of a CSV from a labelled CSV, in context. With --out, a long run shows progress and
     saves results as it goes (OUT.partial): rerun the same command after an interruption to resume."""
@@ -276,9 +278,10 @@ def predict(
         X, y = load_table(train, label or None)
         queries, truth = read_queries(test, list(X.columns), y.name)
         model_dir = resolve(model)
-        pred = Predictor(*load_trained_with_tokenizer(model_dir), n_ensemble=n_ensemble, max_queries=max_queries)
+        pred = Predictor(*load_trained_with_tokenizer(model_dir), n_ensemble=n_ensemble, max_queries=max_queries,
+                         cutoff_len=cutoff_len)
         key = fingerprint([train, test], model_dir, {"label": y.name, "n_ensemble": n_ensemble,
-                                                      "max_queries": max_queries}) if out else ""
+                                                      "max_queries": max_queries, "cutoff_len": cutoff_len}) if out else ""
         result = predict_table(pred, X, y, queries, out, key)
     except InputError as err:
         _fail(str(err), 2)

@@ -142,3 +142,18 @@ def test_model_by_model_rows_come_out_in_the_all_at_once_order():
              for r in evaluate_dataset(n, X, y, {m: models[m]}, shots, seeds, 20)]
     assert apart != together
     assert in_table_order(apart, list(tables), list(models), shots, seeds) == together
+
+
+def test_the_evaluated_window_is_evaluate_cutoff_len():
+    """The committed base reads 16,384 tokens; the evaluate stage answers within evaluate.cutoff_len (2,048
+    by default, so the default run stays short), retrieving shots past it, and null means the whole window."""
+    from mllm.evaluation.models import in_context
+
+    X, y = sklearn_datasets()["wine"]   # 13 features: 128 shots are about 4,000 tokens
+    X, y = X.iloc[:140], y.iloc[:140]
+    default = in_context("tiny", section("evaluate"), seed=0)
+    default(X.iloc[:128], y.iloc[:128].to_numpy(), X.iloc[128:])
+    whole = in_context("tiny", section("evaluate", cutoff_len=None), seed=0)
+    whole(X.iloc[:128], y.iloc[:128].to_numpy(), X.iloc[128:])
+    assert default.predictor.cutoff_len == 2048 and default.retrieved
+    assert whole.predictor.cutoff_len == 16384 and not whole.retrieved

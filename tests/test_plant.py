@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mllm import MLLMClassifier
@@ -60,6 +61,46 @@ def test_classifies_in_context_untrained(planted, n_features):
     acc = (MLLMClassifier(model=str(out)).fit(Xs, ys).predict(Xq) == yq).mean()
     majority = (yq == np.bincount(ys).argmax()).mean()
     assert acc >= majority + 0.2 and acc >= 0.75, (acc, majority)
+
+
+def test_a_row_summary_does_not_drift_across_the_window(planted):
+    """The same row's summary at 16,000 tokens equals the one at the start: the content match, sinks and
+    flags sit on rotary pairs that do not turn over the window (on the pair next to the offsets', the sink
+    lost its margin and the summary at the window's end was off by 270 %)."""
+    import torch
+
+    from mllm.model import plant
+    from mllm.model.loading import load_trained_with_tokenizer
+    from mllm.text.prompt import shot_lines
+
+    out, _ = planted
+    model, tok = load_trained_with_tokenizer(out)
+    assert model.config.max_position_embeddings == 16384
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 999, size=(2000, 3)), rng.integers(0, 3, size=2000)
+    X[-1], y[-1] = X[0], y[0]
+    ids = tok("<|im_start|>" + "\n".join(shot_lines(X, y)) + "\n", add_special_tokens=False)["input_ids"]
+    assert 15000 < len(ids) <= 16384
+    bar = tok.convert_tokens_to_ids("|")
+    labels = [i + 1 for i, t in enumerate(ids) if t == bar]
+    with torch.no_grad():
+        summary = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[9][0][:, plant.KS]
+    first, last = summary[labels[0]], summary[labels[-1]]
+    assert float((first - last).norm() / first.norm()) < 1e-3
+
+
+@pytest.mark.slow
+def test_classifies_across_the_whole_window(planted):
+    """1,800 shots (13k tokens) in one context, no retrieval, and the last queries answered from all of them."""
+    from mllm.inference.predict import Predictor
+    from mllm.model.loading import load_trained_with_tokenizer
+
+    out, _ = planted
+    Xs, ys, Xq, yq = _task(2, 1800, 30, seed=5)
+    pred = Predictor(*load_trained_with_tokenizer(out))
+    classes, proba = pred.predict_proba(pd.DataFrame(Xs), ys, pd.DataFrame(Xq))
+    assert pred.stats["retrieval_chunks"] == 0 and pred.stats["prefixes"] == 1
+    assert (classes[proba.argmax(1)] == yq).mean() >= 0.9
 
 
 def test_a_column_shuffle_breaks_it(planted):

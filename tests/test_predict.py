@@ -97,6 +97,18 @@ def test_context_that_does_not_fit(tok, model):
         Predictor(model, tok, cutoff_len=512).predict_proba(ctx, y, qry)
 
 
+def test_cutoff_len_is_checked_and_used(tok, model):
+    """A budget below the context's size sends it to retrieval; one beyond the model's window is refused."""
+    window = model.config.max_position_embeddings
+    with pytest.raises(PredictionError, match=f"cutoff_len {window + 1} is outside 64..{window}"):
+        Predictor(model, tok, cutoff_len=window + 1)
+    ctx, y, qry = _tables()
+    whole, cut = Predictor(model, tok), Predictor(model, tok, cutoff_len=600)
+    whole.predict_proba(ctx, y, qry)
+    cut.predict_proba(ctx, y, qry)
+    assert whole.stats["retrieval_chunks"] == 0 and cut.stats["retrieval_chunks"] > 0
+
+
 def test_without_prefix_cache_same_probabilities(tok, model):
     ctx, y, qry = _tables(m=5)
     enc = encode_tables(ctx, y, qry)

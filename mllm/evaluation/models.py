@@ -29,7 +29,7 @@ def in_context(ref: str, ep: EvaluateParams, seed: int) -> PredictFn:
     """The predict function of an in-context model (a reference: see ``models_to_evaluate``), as the
     evaluation params ask."""
     return InContext(Predictor(*load_trained_with_tokenizer(resolve(resolve_base(ref))), max_queries=ep.max_queries,
-                               n_ensemble=ep.n_ensemble, seed=seed))
+                               n_ensemble=ep.n_ensemble, seed=seed, cutoff_len=ep.cutoff_len))
 
 
 def label_capacity_of(refs: dict[str, str]) -> int:

@@ -45,14 +45,18 @@ class MLLMClassifier(ClassifierMixin, BaseEstimator):
         continued-pretrained with 50 queries per sequence (the paper's recipe) can take 50.
     random_state : int or None
         Seed of the permutations (None: 0).
+    cutoff_len : int or None
+        Tokens per sequence (None: the model's window); a context over it is answered from the nearest
+        context rows of each group of similar queries.
     """
 
     def __init__(self, model: str | None = None, n_ensemble: int = 1, max_queries: int = DEFAULT_MAX_QUERIES,
-                 random_state: int | None = None):
+                 random_state: int | None = None, cutoff_len: int | None = None):
         self.model = model
         self.n_ensemble = n_ensemble
         self.max_queries = max_queries
         self.random_state = random_state
+        self.cutoff_len = cutoff_len
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -107,7 +111,7 @@ class MLLMClassifier(ClassifierMixin, BaseEstimator):
 
         model, tok = _load(self._model_ref)
         pred = Predictor(model, tok, max_queries=self.max_queries, n_ensemble=self.n_ensemble,
-                         seed=self.random_state or 0)
+                         seed=self.random_state or 0, cutoff_len=self.cutoff_len)
         classes, proba = pred.predict_proba(self.X_, self.y_, X_)
         out = np.zeros((len(X_), self.classes_.size))
         out[:, np.searchsorted(self.classes_, classes)] = proba

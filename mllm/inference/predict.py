@@ -163,7 +163,10 @@ class Predictor:
         self.cache_prefix = cache_prefix  # off only to measure what the cache saves
         self.decode, self.min_shots, self.items_per_pass = decode, min_shots, items_per_pass
         self.batch, self.kv_budget_mb = batch, kv_budget_mb
-        self.cutoff_len = cutoff_len or getattr(model.config, "max_position_embeddings", None)
+        window = getattr(model.config, "max_position_embeddings", None)
+        if cutoff_len is not None and (cutoff_len < 64 or (window and cutoff_len > window)):
+            raise PredictionError(f"cutoff_len {cutoff_len} is outside 64..{window} (the model's window)")
+        self.cutoff_len = cutoff_len or window
         self.stats = {"sequences": 0, "retrieval_chunks": 0, "passes": 0, "prefixes": 0}
         forward = getattr(model, "get_base_model", lambda: model)().forward
         self._cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"

@@ -22,8 +22,8 @@ test row ``ID i:v1,..,vF`` + newline, so in both a row's values sit at odd offse
 
 Everything else starts silenced (zero output projections), so the gradient of continued pretraining sees
 a working classifier. Positions use rotary pairs: the fast pairs give offset heads (q/k biases with the
-rotary phase of the wanted offset), rope_theta 1e30 leaves 54 pairs position-invariant over 2,048 tokens
-for content matching. Every code and flag is 0.01 in a residual whose constant dimension is 1, so each
+rotary phase of the wanted offset); rope_theta 1e30 leaves the slowest 49 pairs position-invariant over the
+16,384-token context, for content matching, sinks and flags. Every code and flag is 0.01 in a residual whose constant dimension is 1, so each
 layer's RMS norm is a near-constant scale and the arithmetic stays linear.
 """
 
@@ -35,9 +35,10 @@ from mllm.core.params import MAX_LABELS, PlantParams
 from mllm.text.prompt import answer_piece
 
 PLANT_RECORD = "plant.json"  # beside the weights: the settings and the weights' sha256
-HIDDEN, HEAD_DIM, HEADS, LAYERS, INTERMEDIATE, MAX_POSITIONS = 512, 128, 2, 11, 128, 2048
+HIDDEN, HEAD_DIM, HEADS, LAYERS, INTERMEDIATE, MAX_POSITIONS = 512, 128, 2, 11, 128, 16384
 ROPE_THETA = 1e30
-N_FAST = 10                       # rotary pairs for offsets; pairs 10.. turn < 0.05 rad over 2,048 tokens
+N_FAST = 10                       # rotary pairs for offsets (no far offset aliases a near one within 32k tokens)
+N_STILL = 15                      # pairs 15.. turn < 0.002 rad over MAX_POSITIONS: content, sinks and flags
 A = 0.01                          # size of a code or a flag in the residual (the constant dimension is 1)
 C_POS = 25.0                      # offset score per fast pair: the target scores 10 x C_POS
 GATE = 12.0                       # softmax margin of every either/or head (nats)
@@ -104,10 +105,10 @@ def plant_base(tokenizer, settings: PlantParams):
     g = torch.Generator().manual_seed(settings.seed)
     omega = ROPE_THETA ** (-torch.arange(0, HEAD_DIM, 2, dtype=torch.float64) / HEAD_DIM)
     fast = torch.arange(N_FAST)
-    slow = torch.arange(N_FAST, HEAD_DIM // 2)
-    slow_dims = torch.cat([slow, slow + HEAD_DIM // 2])
-    sink_d, flag_d = int(slow_dims[0]), int(slow_dims[-1])     # one slow dim each, inside a head
-    content_d = slow_dims[1:1 + D]
+    still = torch.arange(N_STILL, HEAD_DIM // 2 - 1)
+    sink_d, flag_d = HEAD_DIM // 2 - 1, HEAD_DIM - 1           # the stillest pair: one dim each
+    content_d = torch.cat([still, still + HEAD_DIM // 2])
+    assert len(content_d) >= D
     sc = math.sqrt(HEAD_DIM)                                   # undoes the attention's 1/sqrt(head_dim)
     peak = N_FAST * C_POS
     eye = torch.eye
@@ -217,7 +218,7 @@ def plant_base(tokenizer, settings: PlantParams):
         # test row with that id and copy its summary; elsewhere the sink wins
         match, newline = 40.0, 15.0
         a, r = head(9, 0)
-        id_d = slow_dims[1:1 + NX]
+        id_d = content_d[:NX]
         a.q_proj.weight[r + id_d, IDB] = match * sc / A * eye(NX)
         a.k_proj.weight[r + id_d, ROWID1] = eye(NX) / A
         a.q_proj.bias[r + flag_d] = newline * sc
