@@ -66,6 +66,7 @@ def _table(path: Path, n: int = 30, seed: int = 0, label=None) -> Path:
     ("train-dir", "is a directory; name a CSV file"),
     ("test-inf", "infinite values in the test.csv query rows, column(s) b"),
     ("train-inf", "infinite values in the train.csv context rows, column(s) a"),
+    ("cutoff", "cutoff_len 20000 is outside 64..16384 (the model's window)"),
 ])
 def test_predict_table_errors(tmp_path, venv_env, case, message):
     train, test = _table(tmp_path / "train.csv"), _table(tmp_path / "test.csv", seed=1)
@@ -84,6 +85,8 @@ def test_predict_table_errors(tmp_path, venv_env, case, message):
         test.write_text(test.read_text() + "0.1,inf,1\n")
     elif case == "train-inf":
         train.write_text(train.read_text() + "-inf,0.2,0\n")
+    elif case == "cutoff":
+        args += ["--cutoff-len", "20000"]
     res = _mllm(args, venv_env, tmp_path)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
