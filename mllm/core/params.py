@@ -277,8 +277,9 @@ class EvaluateParams(_Strict):
     include_base: bool = Field(description="also evaluate the untrained base model")
     compare_champion: bool = Field(description="also evaluate the registry's current champion")
     max_queries: int = Field(ge=1, le=MAX_QUERIES)
-    cutoff_len: int | None = Field(ge=64, description="tokens per prediction sequence (None: the model's "
-                                   "window); a context over it is answered from its nearest-neighbour shots")
+    cutoff_len: int | None = Field(ge=64, description="tokens per prediction sequence, at most each model's "
+                                   "window (None: the window); a context over it is answered from its "
+                                   "nearest-neighbour shots")
     n_ensemble: int = Field(ge=1)
     registered_model: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     synthetic: SyntheticParams

@@ -28,8 +28,11 @@ class InContext:
 def in_context(ref: str, ep: EvaluateParams, seed: int) -> PredictFn:
     """The predict function of an in-context model (a reference: see ``models_to_evaluate``), as the
     evaluation params ask."""
-    return InContext(Predictor(*load_trained_with_tokenizer(resolve(resolve_base(ref))), max_queries=ep.max_queries,
-                               n_ensemble=ep.n_ensemble, seed=seed, cutoff_len=ep.cutoff_len))
+    model, tok = load_trained_with_tokenizer(resolve(resolve_base(ref)))
+    window = getattr(model.config, "max_position_embeddings", None)
+    cutoff = ep.cutoff_len if ep.cutoff_len is None or window is None else min(ep.cutoff_len, window)
+    return InContext(Predictor(model, tok, max_queries=ep.max_queries, n_ensemble=ep.n_ensemble, seed=seed,
+                               cutoff_len=cutoff))
 
 
 def label_capacity_of(refs: dict[str, str]) -> int:
