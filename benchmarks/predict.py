@@ -90,7 +90,8 @@ def learning_curve(model, tok, shots: list[int], seeds: list[int], max_test: int
     from mllm.inference.predict import Predictor
     from mllm.inference.scoring import label_capacity
 
-    models = {"mllm": InContext(Predictor(model, tok, max_queries=10, cutoff_len=cutoff_len)), "knn": baseline("knn", 0), "random_forest": baseline("random_forest", 0),
+    models = {"mllm": InContext(Predictor(model, tok, max_queries=10, cutoff_len=cutoff_len)),
+              "knn": baseline("knn", 0), "random_forest": baseline("random_forest", 0),
               "majority": baseline("majority", 0)}
     rows, used = [], []
     for path in sorted(SHARED_DATASETS.glob("*.csv")):
@@ -140,9 +141,8 @@ def _report_curve_and_cache(model, tok, shots, seeds, max_test, max_tables, n_ro
     one = speed(model, tok, 50, repeats)
     print(f"learning curve: mean accuracy over {len(used)} tables ({', '.join(used)}), "
           f"{len(seeds)} seed(s), up to {max_test} test rows each")
-    table = curve[curve.seed.astype(str) != "vote"].groupby(["shots", "model"]).accuracy.mean().unstack("model")
-    print(table.round(3).to_string())
     per = curve[curve.seed.astype(str) != "vote"]
+    print(per.groupby(["shots", "model"]).accuracy.mean().unstack("model").round(3).to_string())
     retrieved = per[(per.model == "mllm") & per.nn_shots].groupby("shots").dataset.nunique()
     print("tables answered from retrieved shots (context over the window), by shots: "
           + (", ".join(f"{s}: {n}" for s, n in retrieved.items()) or "none"))
