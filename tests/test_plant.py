@@ -89,6 +89,37 @@ def test_a_row_summary_does_not_drift_across_the_window(planted):
     assert float((first - last).norm() / first.norm()) < 1e-3
 
 
+def test_each_column_has_summary_dims_of_its_own(planted):
+    """A shot's key is its values' codes side by side, the last value first: 30 columns compare without
+    crosstalk, so two rows' similarity is exactly the sum of their per-column kernels (with columns
+    superposed under random rotations, a 30-column row's key was off by about the size of a column's code)."""
+    import torch
+
+    from mllm.model import plant
+    from mllm.model.loading import load_trained_with_tokenizer
+    from mllm.text.prompt import shot_lines
+
+    out, _ = planted
+    model, tok = load_trained_with_tokenizer(out)
+    rng = np.random.default_rng(1)
+    X, y = rng.integers(0, 999, size=(3, 30)), np.array([0, 1, 0])
+    ids = tok("<|im_start|>" + "\n".join(shot_lines(X, y)) + "\n", add_special_tokens=False)["input_ids"]
+    bar = tok.convert_tokens_to_ids("|")
+    labels = [i + 1 for i, t in enumerate(ids) if t == bar]
+    with torch.no_grad():
+        keys = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[9][0][:, plant.KS] / plant.A
+    code = plant.value_code(SETTINGS.nfreq, SETTINGS.sigma_f)
+    w = code.shape[1]
+    for row, at in zip(X, labels):
+        expected = torch.zeros(plant.D)
+        expected[:30 * w] = code[torch.tensor(row[::-1].copy())].reshape(-1)
+        assert float((keys[at] - expected).abs().max()) < 0.02
+    sim = float(keys[labels[0]] @ keys[labels[1]])
+    assert sim == pytest.approx(float((code[torch.tensor(X[0])] * code[torch.tensor(X[1])]).sum()), rel=0.03)
+    others = [i for i in range(len(ids)) if i not in labels]
+    assert float(keys[others].abs().max()) < 0.02          # no other token is a key
+
+
 @pytest.mark.slow
 def test_classifies_across_the_whole_window(planted):
     """1,800 shots (13k tokens) in one context, no retrieval, and the last queries answered from all of them."""

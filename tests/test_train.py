@@ -227,6 +227,25 @@ def test_time_budget_stops_exports_and_resumes(tmp_path, data):
     assert again["position"]["step"] == 1 and again["steps_this_run"] == 1
 
 
+def test_a_checkpoint_is_not_resumed_on_a_base_with_other_bytes(tmp_path, data):
+    """Same params, same corpus, a re-planted base (new weights under the same path): the complete
+    checkpoint of the old base must not be exported onto the new one as if it were trained."""
+    from tests.training_helpers import save_tiny_model
+
+    tok_dir, corpus = data
+    base = save_tiny_model(tmp_path / "base", seed=0)
+    params = parse_params(raw_params(model={"base": str(base), "adapter": "lora"},
+                                     train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-3, "epochs": 1,
+                                                        "max_steps": 2, "max_examples": None}]}))
+    first = run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    assert first["complete"] and first["steps_this_run"] == 2
+    same = run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    assert same["steps_this_run"] == 0                       # the same base: nothing left to train
+    save_tiny_model(base, seed=1)                            # other weights, same path and params
+    other = run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    assert other["complete"] and other["steps_this_run"] == 2
+
+
 def test_snapshots_index_the_weights_and_tokens_across_a_resume(tmp_path, data):
     """train.snapshot_every: a model directory every N optimizer steps over the whole curriculum, the last step
     pointing at the exported model; tokens count on from a resume; a fresh start drops another run's snapshots."""

@@ -24,7 +24,8 @@ def raw_params(**over) -> dict:
         generate={"num_tasks": 24, "shard_size": 24, "n_workers": 1, "shots": {"min": 8, "max": 24},
                   "features": {"min": 3, "max": 6}, "queries": 8},
         encode={"cutoff_len": 8192, "max_queries": 50, "n_workers": 1},
-        model={"base": "scratch", "adapter": "full", "tiny": TINY_MODEL},
+        model={"base": "scratch", "adapter": "full", "tiny": TINY_MODEL,
+               "lora": {"target_modules": "all-linear"}},  # params.yaml names the tiny base's vote layer
         train={"stages": [{"name": "warmup", "corpus": "warmup", "lr": 1e-3, "epochs": 1, "max_steps": 3,
                            "max_examples": None},
                           {"name": "full", "corpus": "full", "lr": 1e-3, "epochs": 1, "max_steps": 4,

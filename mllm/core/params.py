@@ -134,9 +134,10 @@ class EncodeParams(_Strict):
 
 class PlantParams(_Strict):
     """The compiled embedded base (``mllm plant``, models/tiny-base). tau = kernel sharpness per unit of
-    summed code similarity (one unit = one identical value); the value code has ``nfreq`` frequencies under a
-    Gaussian taper of width ``sigma_f`` (a per-feature kernel about 999 / (pi sigma_f) values wide); ``seed``
-    draws its random codes and rotations (its own, so the pipeline seed does not change the base)."""
+    summed code similarity (one unit = one identical value); the value code has ``nfreq`` frequencies in half
+    turns under a Gaussian taper of width ``sigma_f`` (one frequency: cos(pi |u - v| / 1998) per column), and
+    each column has 2 nfreq summary dims of its own (96 / (2 nfreq) columns); ``seed`` draws its random token
+    codes (its own, so the pipeline seed does not change the base)."""
 
     tau: float = Field(gt=0.0)
     nfreq: int = Field(ge=1)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mllm.core.atomic import atomic_path, umask
+from mllm.core.digest import dir_digest, file_digest
 from mllm.inference.predict import Predictor, prediction_frame
 
 FORMAT = "mllm-predictions-partial/1"
@@ -31,31 +32,12 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def file_digest(path: str | Path, whole_below: int = 1 << 30) -> str:
-    """sha256 of a file; of its size, first and last MiB when it is larger than ``whole_below`` bytes
-    (weights of a 7B model: enough to tell two checkpoints apart without reading 15 GB)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(str(size).encode())
-    with path.open("rb") as fh:
-        if size <= whole_below:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(fh.read(1 << 20))
-            fh.seek(size - (1 << 20))
-            h.update(fh.read())
-    return h.hexdigest()
-
-
 def fingerprint(files: list[str | Path], model_dir: str | Path, options: dict) -> str:
     """What a run's results depend on: the tables' bytes, the model's files, the prediction options."""
     h = hashlib.sha256(FORMAT.encode())
     for f in files:
         h.update(file_digest(f).encode())
-    for f in sorted(p for p in Path(model_dir).iterdir() if p.is_file()):
-        h.update(f.name.encode() + file_digest(f).encode())
+    h.update(dir_digest(model_dir).encode())
     h.update(repr(sorted(options.items())).encode())
     return h.hexdigest()
 

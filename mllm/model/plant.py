@@ -3,18 +3,24 @@
 Training from scratch on this CPU never found the lookup that in-context classification needs (the model
 learns the shots' class frequencies and stops; research/README.md). So the base is compiled: its
 attention heads compute, in the forward pass, a kernel smoother over the prompt's shot rows, for any number
-of features up to 64, in the exact prompt format of ``mllm.text.prompt``; continued pretraining (LoRA by default)
+of features up to 48, in the exact prompt format of ``mllm.text.prompt``; continued pretraining (LoRA by default)
 then starts from a model that already classifies in context.
 
 How (positions are tokens; numbers 0..999 are single tokens; a shot row is ``v1,..,vF|k`` + newline and a
 test row ``ID i:v1,..,vF`` + newline, so in both a row's values sit at odd offsets 1..2F-1 before its end):
 
-- every number token carries a smooth Fourier code c(v) of its value (nearby values, similar codes);
+- every number token carries a smooth Fourier code c(v) of its value in half turns (nearby values, similar
+  codes; with one frequency <c(u), c(v)> = cos(pi (u - v) / 1998), a wide kernel, monotone over the whole
+  range, never negative);
 - layers 2-7 build at each value a row summary S = sum_m P^m E c(v_m), slot m = the m-th value back within
-  the row, tagged by a fixed random rotation P^m (so two rows compare column by column without knowing F):
-  layer 1+k adds P^(2^(k-1)) times the partial summary 2^k tokens back, unless the row started inside the
-  current window, in which case it attends to a sink (``<|im_start|>``) instead (six doublings: 64 slots);
-- layer 8 copies the summary to ``|`` (the row to classify) and to the shot's label token (the key);
+  the row: E puts a code in the summary's first 2 nfreq dims and P shifts by 2 nfreq dims, so slot m has
+  dims of its own (D / (2 nfreq) = 48 slots at one frequency) and two rows compare column by column,
+  without crosstalk and without knowing F. Layer 1+k adds P^(2^(k-1)) times the partial summary 2^k tokens
+  back, unless the row started inside the current window, in which case it attends to a sink
+  (``<|im_start|>``) instead (six doublings reach 64 values back; values past the 48th alias onto the
+  first slots);
+- layer 8 copies the summary to ``|`` (the row to classify) and to the shot's label token (the key; every
+  other token keys nothing);
 - layer 9, where an answer's label comes next (after ``"label": ``), finds test row i (a test row carries the id read after ``ID i:``)
   and copies its summary there;
 - layer 10 votes: softmax(tau <S_row, S_shot>) over the shots' label tokens, which adds their label
@@ -71,11 +77,11 @@ def plant_config(tokenizer):
 
 
 def value_code(nfreq: int, sigma_f: float):
-    """(1000, 2 nfreq) unit-norm Fourier codes of the values 0..999: <code(u), code(v)> is a smooth
-    bump in |u - v|."""
+    """(1000, 2 nfreq) unit-norm Fourier codes of the values 0..999 in half turns: <code(u), code(v)> is a
+    smooth kernel in |u - v| (one frequency: cos(pi |u - v| / 1998), from 1 down to 0 across the range)."""
     import torch
 
-    v = torch.arange(1000, dtype=torch.float64) / 999
+    v = torch.arange(1000, dtype=torch.float64) / 999 / 2
     f = torch.arange(1, nfreq + 1, dtype=torch.float64)
     w = torch.exp(-0.5 * (f / sigma_f) ** 2).sqrt()
     code = torch.cat([torch.cos(math.pi * v[:, None] * f) * w, torch.sin(math.pi * v[:, None] * f) * w], 1)
@@ -154,13 +160,17 @@ def plant_base(tokenizer, settings: PlantParams):
         emb[nums, NUM] = A
         emb[nums[:MAX_LABELS], DIGIT] = A
         code = value_code(settings.nfreq, settings.sigma_f).double()
-        # QR and products in float64, cast once on assignment: float32 results would depend on how the
-        # BLAS splits the work (thread count, instruction set), and so would the bytes of the base
-        E, _ = torch.linalg.qr(torch.randn(D, code.shape[1], generator=g).double())
+        w = code.shape[1]
+        if D % w or float((code @ code.T).min()) < -1e-9:
+            raise ValueError(f"plant.nfreq {settings.nfreq} / sigma_f {settings.sigma_f}: the value kernel must "
+                             f"be non-negative (the vote keys nothing elsewhere) and its code must tile {D} dims")
+        # products in float64, cast once on assignment: float32 results would depend on how the BLAS splits
+        # the work (thread count, instruction set), and so would the bytes of the base
+        E = eye(D, w, dtype=torch.float64)
         emb[nums, S] = (A * code @ E.T).float()                         # slot 0 of the summary: own value
         exact = torch.randn(1000, NX, generator=g)
         emb[nums, EX] = A * exact / exact.norm(dim=1, keepdim=True)
-        P, _ = torch.linalg.qr(torch.randn(D, D, generator=g).double())  # the column tag
+        P = torch.roll(eye(D, dtype=torch.float64), w, 0)              # the column tag: the next w dims
 
         # layer 0: the previous token's identity and flags; the token id_back back (an answer's id)
         a, r = head(0, 0)
@@ -210,8 +220,11 @@ def plant_base(tokenizer, settings: PlantParams):
         offset(a, r, 1)
         copy(a, r, S, S1)
         copy(a, r, ROWID, ROWID1, at=D)
-        a, r = head(8, 1)
+        a, r = head(8, 1)                                               # only at a shot's label token
         offset(a, r, 2)
+        sink_key(a, r)
+        a.q_proj.bias[r + sink_d] = (peak + GATE) * sc
+        a.q_proj.weight[r + sink_d, PBAR] = -2 * GATE * sc / A
         copy(a, r, S, KS)
 
         # layer 9: the router. Where an answer's label comes next (its id id_back back), attend to the newline ending the
@@ -238,7 +251,8 @@ def plant_base(tokenizer, settings: PlantParams):
         a.v_proj.weight[r + TOK.stop, DIGIT] = 1.0      # every voter is a label token: lift all labels
         a.o_proj.weight[DIGIT, r + TOK.stop] = gain
         # the vote dominates the last norm, which caps logit gaps near sqrt(HIDDEN) |TOK|^2 / |TOK| ~ 1:
-        # scale the token dims of the final norm so a clean vote is a confident one (gap ~6)
+        # scale the token dims of the final norm so a clean vote is a confident one (gap ~6: all 100 label
+        # tokens get the lift below, and a smaller gap hands the training loss's mass to absent labels)
         model.model.norm.weight[TOK] = 6.0
         model.model.norm.weight[DIGIT] = 60.0           # + ~8 on the label tokens over all other tokens
     return model

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from mllm.core.atomic import write_json_atomic
+from mllm.core.digest import dir_digest
 from mllm.core.errors import InputError
 from mllm.core.params import Params
+from mllm.model.loading import resolve_base
 from mllm.model.training_data import IGNORE, CorpusDataset, collate, corpus_lengths
 
 # The train stage's output directory: checkpoints, the final model, its summary, and the MLflow run id.
@@ -95,10 +97,14 @@ def _cpu_has_bf16() -> bool:
 
 
 def fingerprint(params: Params, corpus_dir: str | Path) -> str:
-    """What a checkpoint is valid for: the model/train params and the corpus files (names and sizes)."""
+    """What a checkpoint is valid for: the model/train params, the base's files when it is a local dir (a
+    re-planted tiny base has new bytes under the same params) and the corpus files (names and sizes)."""
     h = hashlib.sha256(json.dumps({"format": CHECKPOINT_FORMAT, "seed": params.seed,
                                    "model": params.model.model_dump(mode="json"),
                                    "train": params.train.model_dump(mode="json")}, sort_keys=True).encode())
+    base = Path(resolve_base(params.model.base)) if params.model.base != "scratch" else None
+    if base is not None and base.is_dir():
+        h.update(dir_digest(base).encode())
     for p in sorted(Path(corpus_dir).rglob("shard-*.parquet")):
         h.update(f"{p.relative_to(corpus_dir)}:{p.stat().st_size}".encode())
     return h.hexdigest()[:16]
