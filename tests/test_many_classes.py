@@ -174,7 +174,8 @@ def test_a_26_class_table_evaluates_end_to_end(tmp_path, prefect_harness):
     metrics = tmp_path / "evaluate.json"
     res = CliRunner().invoke(app, ["evaluate", "--params", str(ROOT / "params.yaml"), "--model", str(TINY_BASE_DIR),
                                    "--out", str(tmp_path / "eval"), "--metrics", str(metrics),
-                                   "--curve", str(tmp_path / "curve.csv"), *[a for s in settings for a in ("--set", s)]])
+                                   "--curve", str(tmp_path / "curve.csv"),
+                                   "--training-curve", str(tmp_path / "training_curve.csv"), *[a for s in settings for a in ("--set", s)]])
     assert res.exit_code == 0, res.output
     summary = json.loads(metrics.read_text())
     assert summary["tables"] == ["letter26"] and summary["skipped"] == {}

@@ -62,7 +62,8 @@ def test_evaluate_and_register_a_full_model_directory(released, tmp_path, prefec
     metrics = tmp_path / "evaluate.json"
     res = CliRunner().invoke(app, ["evaluate", "--params", str(ROOT / "params.yaml"), "--model", str(released),
                                    "--out", str(tmp_path / "eval"), "--metrics", str(metrics),
-                                   "--curve", str(tmp_path / "curve.csv"), *sets])
+                                   "--curve", str(tmp_path / "curve.csv"),
+                                   "--training-curve", str(tmp_path / "training_curve.csv"), *sets])
     assert res.exit_code == 0, res.output
     summary = json.loads(metrics.read_text())
     assert summary["models"]["trained"] == str(released)
