@@ -14,8 +14,8 @@ from mllm.model.loading import TINY_BASE_DIR, load_trained_with_tokenizer
 from mllm.model.train import run_training
 from tests.training_helpers import make_corpus, raw_params
 
-# LoRA on the vote (layer 10's attention): what the compiled base learns fastest from (research/gpu_sweep.py)
-VOTE = r".*\.10\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+# LoRA on the vote (layer 12's attention): what the compiled base learns fastest from (research/gpu_sweep.py)
+VOTE = r".*\.12\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 
 
 def _params(permute: bool):

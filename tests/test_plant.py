@@ -162,3 +162,40 @@ def test_committed_base_is_the_one_params_yaml_builds(tmp_path):
     with pytest.raises(StageFailed, match="differs from the committed"):  # other settings: the check fails
         run_plant(str(ROOT / "params.yaml"), str(tmp_path / "other"), check=str(TINY_BASE_DIR),
                   overrides={"plant": {"tau": 2.0}})
+
+
+def _answer_state(model_dir, X, y, Xq):
+    """The residual where the first answer's label comes next, after the layer that weighs the columns."""
+    import torch
+
+    from mllm.model import plant
+    from mllm.model.loading import load_trained_with_tokenizer
+    from mllm.text.prompt import messages
+
+    model, tok = load_trained_with_tokenizer(model_dir)
+    text = tok.apply_chat_template(messages(X, y, Xq, np.zeros(len(Xq), dtype=int)), tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    at = len(tok(text[:text.rindex('"label": ') + len('"label": ')], add_special_tokens=False)["input_ids"]) - 1
+    with torch.no_grad():
+        h = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[plant.VOTE_LAYER][0][at]
+    s1, s1w = (h[plant.S1] / plant.A).reshape(-1, 2), (h[plant.S1W] / plant.A2).reshape(-1, 2)  # nfreq 1
+    return (s1w * s1).sum(1) / (s1 * s1).sum(1).clamp_min(1e-9), h[plant.RQ] / plant.A2
+
+
+def test_the_vote_weighs_each_column_by_its_relevance_among_the_shots(planted, tmp_path):
+    """Two columns decide the label, four are noise: estimated from the shots alone, the deciding columns'
+    between-class share of variance is high and theirs weigh several times more in the vote; with
+    relevance_gain 0 every column weighs 1 (the plain kernel vote)."""
+    out, _ = planted
+    rng = np.random.default_rng(3)
+    X = rng.integers(200, 800, size=(97, 6))
+    y = (X[:, 0] + X[:, 1] > 1000).astype(int)
+    deciding, noise = [5, 4], [3, 2, 1, 0]                  # slots: the last value first
+    w, r = _answer_state(out, X[:96], y[:96], X[96:])
+    assert float(r[deciding].min()) > 0.3, r[:6]
+    assert float(r[noise].max()) < 0.1, r[:6]
+    assert float(w[deciding].min()) > 3 * float(w[noise].max()), w[:6]
+    off = tmp_path / "off"
+    save_planted(off, build_tokenizer("whole"), section("plant", relevance_gain=0.0))
+    w0, _ = _answer_state(off, X[:96], y[:96], X[96:])
+    assert w0[:6].numpy() == pytest.approx(np.ones(6), abs=0.02)

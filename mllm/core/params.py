@@ -136,12 +136,18 @@ class PlantParams(_Strict):
     """The compiled embedded base (``mllm plant``, models/tiny-base). tau = kernel sharpness per unit of
     summed code similarity (one unit = one identical value); the value code has ``nfreq`` frequencies in half
     turns under a Gaussian taper of width ``sigma_f`` (one frequency: cos(pi |u - v| / 1998) per column), and
-    each column has 2 nfreq summary dims of its own (96 / (2 nfreq) columns); ``seed`` draws its random token
-    codes (its own, so the pipeline seed does not change the base)."""
+    each column has 2 nfreq summary dims of its own (96 / (2 nfreq) columns). Column relevance: the vote
+    weights column c by silu(relevance_gain (r_c + relevance_offset)), r_c = the shots' between-class share of
+    its variance (each shot's class mean so far against the mean so far, the first shots damped by
+    exp(-relevance_warmup / (shots so far / 2 + 1))); gain 0 = every column weighs 1. ``seed`` draws its random
+    token codes (its own, so the pipeline seed does not change the base)."""
 
     tau: float = Field(gt=0.0)
     nfreq: int = Field(ge=1)
     sigma_f: float = Field(gt=0.0)
+    relevance_gain: float = Field(ge=0.0)
+    relevance_offset: float
+    relevance_warmup: float = Field(ge=0.0)
     seed: int = Field(ge=0)
 
 

@@ -23,14 +23,22 @@ test row ``ID i:v1,..,vF`` + newline, so in both a row's values sit at odd offse
   other token keys nothing);
 - layer 9, where an answer's label comes next (after ``"label": ``), finds test row i (a test row carries the id read after ``ID i:``)
   and copies its summary there;
-- layer 10 votes: softmax(tau <S_row, S_shot>) over the shots' label tokens, which adds their label
-  embeddings to the residual: a kernel-weighted vote, i.e. a soft nearest-neighbour classifier.
+- layers 10-11 weigh the columns (in-context feature relevance): at each shot's label token, the
+  column means of the shots of its class so far minus those of all shots so far (in one centred coordinate
+  per slot), squared by layer 10's MLP, is that shot's between-class spread per column; where an answer's
+  label comes next, layer 11 averages it over the shots (the first ones, whose class means are noisy, damped)
+  into r_c, the column's between-class share of variance, and its MLP weighs the row's summary slot by slot,
+  w_c = silu(gain (r_c + offset)): columns that go with the label count more, distractors less;
+- layer 12 votes: softmax(tau <W S_row, S_shot>) over the shots' label tokens, which adds their label
+  embeddings to the residual: a kernel-weighted vote, i.e. a soft nearest-neighbour classifier under a
+  metric learned from the shots.
 
 Everything else starts silenced (zero output projections), so the gradient of continued pretraining sees
 a working classifier. Positions use rotary pairs: the fast pairs give offset heads (q/k biases with the
 rotary phase of the wanted offset); rope_theta 1e30 leaves the slowest 49 pairs position-invariant over the
 16,384-token context, for content matching, sinks and flags. Every code and flag is 0.01 in a residual whose constant dimension is 1, so each
-layer's RMS norm is a near-constant scale and the arithmetic stays linear.
+layer's RMS norm is a near-constant scale and the arithmetic stays linear (the relevance quantities sit
+lower still, A_D and A2: they are present at every shot label, whose norm scales the vote's keys).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from mllm.core.params import MAX_LABELS, PlantParams
 from mllm.text.prompt import answer_piece
 
 PLANT_RECORD = "plant.json"  # beside the weights: the settings and the weights' sha256
-HIDDEN, HEAD_DIM, HEADS, LAYERS, INTERMEDIATE, MAX_POSITIONS = 512, 128, 2, 11, 128, 16384
+HIDDEN, HEAD_DIM, HEADS, LAYERS, INTERMEDIATE, MAX_POSITIONS = 768, 128, 2, 13, 128, 16384
 ROPE_THETA = 1e30
 N_FAST = 10                       # rotary pairs for offsets (no far offset aliases a near one within 32k tokens)
 N_STILL = 15                      # pairs 15.. turn < 0.002 rad over MAX_POSITIONS: content, sinks and flags
@@ -62,7 +70,20 @@ S = slice(170, 170 + D)           # row summary (partial, growing with the doubl
 S1 = slice(S.stop, S.stop + D)    # the summary of the row to classify
 ROWID1 = slice(S1.stop, S1.stop + NX)
 KS = slice(ROWID1.stop, ROWID1.stop + D)   # the summary of the row a shot label ends
-assert KS.stop <= HIDDEN
+INV = KS.stop                              # A / (shot labels so far + 2)
+DREL = slice(INV + 1, INV + 1 + D // 2)    # per slot: class mean - mean of the shots so far (x A_D); nfreq 1
+RB = slice(DREL.stop, DREL.stop + D // 2)  # per slot: that squared, in column variances (x A2)
+RQ = slice(RB.stop, RB.stop + D // 2)      # per slot: the shots' mean of RB, the column's relevance r (x A2)
+S1W = slice(RQ.stop, RQ.stop + D)          # the summary of the row to classify, each slot weighted (x A2 / A)
+assert S1W.stop <= HIDDEN
+VOTE_LAYER = 12
+# relevance quantities sit far below A: they are present at every shot label, whose norm scales the vote's keys
+A_D, A2 = 1e-3, 1e-4
+U_VAR = (math.pi * 120 / 1998) ** 2        # variance of U for a standardised column (std 120 codes)
+LABEL_KEY = 40.0                           # score of a shot label in the uniform heads (others: <= half)
+CLASS_MATCH = 25.0                         # nats between a shot of the same label and one of another
+SQUARE_C = 20.0                            # silu's linear regime
+NEUTRAL = 1.2784645                        # silu(NEUTRAL) = 1
 
 
 def plant_config(tokenizer):
@@ -136,6 +157,12 @@ def plant_base(tokenizer, settings: PlantParams):
     def sink_key(a, r: int) -> None:
         a.k_proj.weight[r + sink_d, SINK] = 1.0 / A
 
+    def label_key(a, r: int) -> None:
+        """flag_d keys 2 on a shot's label token (after `|` and a label 0..MAX_LABELS-1), 1 on a token with
+        one of the two (the header's `"|".`, a small feature value)."""
+        a.k_proj.weight[r + flag_d, PBAR] = 1.0 / A
+        a.k_proj.weight[r + flag_d, DIGIT] = 1.0 / A
+
     def copy(a, r: int, src: slice, dst: slice, at: int = 0, matrix=None) -> None:
         n = src.stop - src.start
         a.v_proj.weight[r + at + torch.arange(n), src] = eye(n)
@@ -159,11 +186,29 @@ def plant_base(tokenizer, settings: PlantParams):
         nums = [ids(str(i)) for i in range(1000)]
         emb[nums, NUM] = A
         emb[nums[:MAX_LABELS], DIGIT] = A
+        # the label tokens' codes: orthogonal for the first 64 labels, one norm for all (a random code's norm
+        # varies by about 18 %, which tilted every vote toward the labels with the longer codes)
+        labels = emb[nums[:MAX_LABELS], TOK].double()
+        norm = float(labels.norm(dim=1).mean())
+        for i in range(min(MAX_LABELS, TOK.stop)):           # modified Gram-Schmidt, in order: deterministic
+            for j in range(i):
+                labels[i] -= (labels[i] @ labels[j]) * labels[j]
+            labels[i] /= labels[i].norm()
+        labels[TOK.stop:] /= labels[TOK.stop:].norm(dim=1, keepdim=True)
+        labels *= norm
+        emb[nums[:MAX_LABELS], TOK] = labels.float()
+        dots = labels @ labels.T
+        margin = float((dots.diag()[:, None] - dots + 1e9 * eye(MAX_LABELS, dtype=torch.float64)).min())
+        if margin <= 0:
+            raise ValueError("the label tokens' codes do not tell every two labels apart")
         code = value_code(settings.nfreq, settings.sigma_f).double()
         w = code.shape[1]
         if D % w or float((code @ code.T).min()) < -1e-9:
             raise ValueError(f"plant.nfreq {settings.nfreq} / sigma_f {settings.sigma_f}: the value kernel must "
                              f"be non-negative (the vote keys nothing elsewhere) and its code must tile {D} dims")
+        if settings.relevance_gain and settings.nfreq != 1:
+            raise ValueError(f"plant.relevance_gain {settings.relevance_gain} needs plant.nfreq 1 (a column's "
+                             f"relevance is read from its one frequency); got nfreq {settings.nfreq}")
         # products in float64, cast once on assignment: float32 results would depend on how the BLAS splits
         # the work (thread count, instruction set), and so would the bytes of the base
         E = eye(D, w, dtype=torch.float64)
@@ -240,10 +285,70 @@ def plant_base(tokenizer, settings: PlantParams):
         a.q_proj.bias[r + sink_d] = (match + newline - GATE) * sc
         copy(a, r, S1, S1)
 
-        # layer 10: the vote, over tokens right after `|` (shot labels); value = the label's embedding
+        # layer 1, head 1: 1 / (shots so far + 2): uniform over the shot labels so far and the two sinks (the
+        # system and user turns' <|im_start|>), value 1 at a sink; it damps the first shots' noisy statistics
+        a, r = head(1, 1)
+        sink_key(a, r)
+        a.q_proj.bias[r + sink_d] = LABEL_KEY * sc
+        a.q_proj.bias[r + flag_d] = LABEL_KEY / 2 * sc
+        label_key(a, r)
+        a.v_proj.weight[r, SINK] = 1.0
+        a.o_proj.weight[INV, r] = 1.0
+
+        # layer 10, at each shot label: the column means of the shots of its class so far minus those of all
+        # shots so far, in each slot's centred coordinate U = sin(theta - pi/4) (one dim per slot, ~ z / 5.3);
+        # its MLP squares them: the shot's between-class spread per column
+        proj = torch.zeros(D // w, D, dtype=torch.float64)
+        slots = torch.arange(D // w)
+        proj[slots, w * slots] = -math.sqrt(0.5)
+        proj[slots, w * slots + 1] = math.sqrt(0.5)
+        n_slot = D // w
+        ids_d = content_d[:TOK.stop]
+        for h, sign in ((0, 1.0), (1, -1.0)):
+            a, r = head(10, h)
+            label_key(a, r)
+            a.q_proj.bias[r + flag_d] = LABEL_KEY / 2 * sc
+            if h == 0:      # same label: <TOK_q, TOK_k> over the labels' margin
+                a.q_proj.weight[r + ids_d, TOK] = CLASS_MATCH * sc / margin * eye(TOK.stop)
+                a.k_proj.weight[r + ids_d, TOK] = eye(TOK.stop)
+            a.v_proj.weight[r:r + n_slot, KS] = (proj / A).float()
+            a.o_proj.weight[DREL, r:r + n_slot] = sign * A_D * eye(n_slot)
+        mlp = model.model.layers[10].mlp
+        model.model.layers[10].post_attention_layernorm.weight.fill_(1 / math.sqrt(HIDDEN))
+        units = torch.arange(n_slot)
+        mlp.gate_proj.weight[:2 * n_slot] = 0          # these units read their slot alone
+        mlp.up_proj.weight[:2 * n_slot] = 0
+        for u0, sign in ((0, 1.0), (n_slot, -1.0)):   # silu(C + d) d + silu(C - d)(-d) = 2 d^2 (C >> |d|)
+            mlp.gate_proj.weight[u0 + units, CONST] = SQUARE_C
+            mlp.gate_proj.weight[u0 + units, DREL.start + units] = sign / A_D
+            mlp.up_proj.weight[u0 + units, DREL.start + units] = sign / A_D
+            mlp.down_proj.weight[RB.start + units, u0 + units] = A2 / (2 * U_VAR)
+
+        # layer 11, where an answer's label comes next (and everywhere else, harmlessly): r_c = the mean of
+        # the shots' spreads, the first shots damped by exp(-warmup * 2 / (shots so far + 2)); its MLP weights
+        # the row's summary per column, w_c = silu(gain (r_c + offset)) (gain 0: w = 1, the plain vote)
+        a, r = head(11, 0)
+        label_key(a, r)
+        a.q_proj.bias[r + flag_d] = LABEL_KEY / 2 * sc
+        a.q_proj.bias[r + sink_d - 1] = -settings.relevance_warmup * sc
+        a.k_proj.weight[r + sink_d - 1, INV] = 1.0 / A
+        a.v_proj.weight[r:r + n_slot, RB] = eye(n_slot)
+        a.o_proj.weight[RQ, r:r + n_slot] = eye(n_slot)
+        mlp = model.model.layers[11].mlp
+        model.model.layers[11].post_attention_layernorm.weight.fill_(1 / math.sqrt(HIDDEN))
+        dims = torch.arange(D)
+        mlp.gate_proj.weight[:D] = 0
+        mlp.up_proj.weight[:D] = 0
+        gain = settings.relevance_gain
+        mlp.gate_proj.weight[dims, CONST] = gain * settings.relevance_offset if gain else NEUTRAL
+        mlp.gate_proj.weight[dims, RQ.start + dims // w] = gain / A2
+        mlp.up_proj.weight[dims, S1.start + dims] = 1.0 / A
+        mlp.down_proj.weight[S1W.start + dims, dims] = A2
+
+        # layer 12: the vote, over tokens right after `|` (shot labels); value = the label's embedding
         label_bonus, gain = 30.0, 1000.0
-        a, r = head(10, 0)
-        a.q_proj.weight[r + content_d, S1] = settings.tau * sc / A * eye(D)
+        a, r = head(12, 0)
+        a.q_proj.weight[r + content_d, S1W] = settings.tau * sc / A2 * eye(D)
         a.k_proj.weight[r + content_d, KS] = eye(D) / A
         a.q_proj.bias[r + flag_d] = label_bonus * sc
         a.k_proj.weight[r + flag_d, PBAR] = 1.0 / A
@@ -253,8 +358,8 @@ def plant_base(tokenizer, settings: PlantParams):
         # the vote dominates the last norm, which caps logit gaps near sqrt(HIDDEN) |TOK|^2 / |TOK| ~ 1:
         # scale the token dims of the final norm so a clean vote is a confident one (gap ~6: all 100 label
         # tokens get the lift below, and a smaller gap hands the training loss's mass to absent labels)
-        model.model.norm.weight[TOK] = 6.0
-        model.model.norm.weight[DIGIT] = 60.0           # + ~8 on the label tokens over all other tokens
+        model.model.norm.weight[TOK] = 6.0 * math.sqrt(512 / HIDDEN)
+        model.model.norm.weight[DIGIT] = 60.0 * math.sqrt(512 / HIDDEN)    # + ~8 on the label tokens over all other tokens
     return model
 
 

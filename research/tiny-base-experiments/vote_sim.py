@@ -1,0 +1,106 @@
+"""The tiny base's vote in numpy, to try a mechanism on the 30 shared tables in seconds before compiling it.
+
+Reproduces version 2.2 (softmax(tau sum_c w_c cos(pi |u_c - v_c| / 1998)) over the shots, column c in slot
+(F - 1 - c) mod 48) within half a point of the real model on the predict benchmark's protocol, and adds the
+candidates research/README.md reports: column weights from the shots' between-class share of variance
+(every shot at once, or causally as the compiled version 2.3 does), and the kernel width chosen per task by
+the shots' leave-one-out accuracy.
+
+    python research/tiny-base-experiments/vote_sim.py OUT.csv 32,128 'rel=Vote(relevance="causal")' ...
+
+Each NAME=EXPR builds a model from this module's names; v22 (the plain vote) and kNN always run; RF=1 adds
+RandomForest and logistic regression; TABLES=a,b limits the tables."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mllm.evaluation.suite import VOTE, baseline, evaluate_dataset, load_table
+from mllm.text.encoding import ordinal_encode, quantise
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+SLOTS = 48
+U_VAR = (np.pi * 120 / 1998) ** 2       # variance of a standardised column in U = sin(theta - pi/4)
+
+
+def summaries(codes: np.ndarray) -> np.ndarray:
+    """(n, SLOTS, 2): each row's quarter-turn codes, the m-th value from the row's end in slot m mod 48."""
+    n, f = codes.shape
+    theta = np.pi * codes.astype(float) / 1998
+    z = np.stack([np.cos(theta), np.sin(theta)], -1)
+    out = np.zeros((n, SLOTS, 2))
+    for col in range(f):
+        out[:, (f - 1 - col) % SLOTS] += z[:, col]
+    return out
+
+
+def relevance(S: np.ndarray, y: np.ndarray, k: int, how: str, warmup: float) -> np.ndarray:
+    """r per slot: between-class variance of U over U_VAR. ``all``: class means of all shots; ``causal``:
+    at each shot the mean of its class so far minus the mean so far, squared, averaged over the shots with
+    weights exp(-2 warmup / (shots so far + 2)) (what layers 10-11 of version 2.3 compute)."""
+    U = S @ np.array([-np.sqrt(0.5), np.sqrt(0.5)])
+    n, onehot = len(y), np.eye(k)[y]
+    if how == "all":
+        cnt = onehot.sum(0)
+        means = onehot.T @ U / np.maximum(cnt, 1)[:, None]
+        return (cnt[:, None] * (means - U.mean(0)) ** 2).sum(0) / n / U_VAR
+    so_far = np.arange(1, n + 1)
+    mean = np.cumsum(U, 0) / so_far[:, None]
+    class_sum = np.cumsum(onehot[:, :, None] * U[:, None], 0)[np.arange(n), y]
+    class_mean = class_sum / np.cumsum(onehot, 0)[np.arange(n), y][:, None]
+    weight = np.exp(-2 * warmup / (so_far + 2))
+    return (((class_mean - mean) ** 2) * weight[:, None]).sum(0) / weight.sum() / U_VAR
+
+
+class Vote:
+    """The kernel vote; ``relevance`` None/"all"/"causal" weighs slot c by silu(gain (r_c + offset));
+    ``taus`` chooses tau per task by the shots' leave-one-out accuracy."""
+
+    def __init__(self, tau=48.0, relevance=None, gain=20.0, offset=0.05, warmup=20.0, taus=None):
+        self.tau, self.how, self.gain, self.offset, self.warmup, self.taus = tau, relevance, gain, offset, warmup, taus
+
+    def __call__(self, ctx, y, test):
+        s, q, _ = ordinal_encode(ctx, test)
+        cs, cq = quantise(s, q)
+        classes, yi = np.unique(y, return_inverse=True)
+        Ss, Sq, onehot = summaries(cs), summaries(cq), np.eye(len(classes))[yi]
+        w = np.ones(SLOTS)
+        if self.how:
+            x = self.gain * (relevance(Ss, yi, len(classes), self.how, self.warmup) + self.offset)
+            w = x / (1 + np.exp(-x))
+        tau = self.tau
+        if self.taus:
+            sims = np.einsum("isd,jsd,s->ij", Ss, Ss, w) - 1e9 * np.eye(len(yi))
+            tau = max(self.taus, key=lambda t: (softmax(t * sims) @ onehot).argmax(1).__eq__(yi).mean())
+        return classes, softmax(tau * np.einsum("qsd,nsd,s->qn", Sq, Ss, w)) @ onehot
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def main() -> None:
+    out, shots = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
+    models = {"v22": Vote(), "knn": baseline("knn", 0)}
+    if os.environ.get("RF"):
+        models |= {"rf": baseline("random_forest", 0), "lr": baseline("logistic_regression", 0)}
+    for spec in sys.argv[3:]:
+        name, expr = spec.split("=", 1)
+        models[name] = eval(expr, globals())
+    wanted = os.environ.get("TABLES")
+    rows = []
+    for p in sorted(SHARED.glob("*.csv")):
+        if not wanted or p.stem in wanted.split(","):
+            rows += evaluate_dataset(p.stem, *load_table(p), models, shots, [0, 1], max_test=50)
+    df = pd.DataFrame(rows)
+    df.to_csv(out, index=False)
+    df = df[df.seed.astype(str) != VOTE]
+    print(df.pivot_table(index="shots", columns="model", values="accuracy").round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()
