@@ -58,7 +58,7 @@ C_POS = 25.0                      # offset score per fast pair: the target score
 GATE = 12.0                       # softmax margin of every either/or head (nats)
 
 # residual layout
-TOK = slice(0, 64)                # token identity (random, small)
+TOK = slice(0, 64)                # token identity (random, small; the labels' orthogonal, of one length)
 CONST, SINK, COMMA, COLON, NEWL, BAR, NUM, DIGIT = range(64, 72)   # DIGIT: the label tokens 0..MAX_LABELS-1
 NX, D = 16, 96                    # exact-identity code dims; summary dims
 EX = slice(96, 112)               # exact identity of a number
@@ -70,7 +70,7 @@ S = slice(170, 170 + D)           # row summary (partial, growing with the doubl
 S1 = slice(S.stop, S.stop + D)    # the summary of the row to classify
 ROWID1 = slice(S1.stop, S1.stop + NX)
 KS = slice(ROWID1.stop, ROWID1.stop + D)   # the summary of the row a shot label ends
-INV = KS.stop                              # A / (shot labels so far + 2)
+INV = KS.stop                              # 2 A / (shot labels so far + 2): the two sinks' share
 DREL = slice(INV + 1, INV + 1 + D // 2)    # per slot: class mean - mean of the shots so far (x A_D); nfreq 1
 RB = slice(DREL.stop, DREL.stop + D // 2)  # per slot: that squared, in column variances (x A2)
 RQ = slice(RB.stop, RB.stop + D // 2)      # per slot: the shots' mean of RB, the column's relevance r (x A2)
@@ -156,6 +156,12 @@ def plant_base(tokenizer, settings: PlantParams):
 
     def sink_key(a, r: int) -> None:
         a.k_proj.weight[r + sink_d, SINK] = 1.0 / A
+
+    def lift(norm, dims: slice, size: float) -> None:
+        """The layer reads ``dims`` (stored at ``size``) at A, like every other code: its projections, and
+        what training changes in them, see inputs of one scale."""
+        norm.weight.fill_(1 / math.sqrt(HIDDEN))
+        norm.weight[dims] = A / size / math.sqrt(HIDDEN)
 
     def label_key(a, r: int) -> None:
         """flag_d keys 2 on a shot's label token (after `|` and a label 0..MAX_LABELS-1), 1 on a token with
@@ -285,7 +291,7 @@ def plant_base(tokenizer, settings: PlantParams):
         a.q_proj.bias[r + sink_d] = (match + newline - GATE) * sc
         copy(a, r, S1, S1)
 
-        # layer 1, head 1: 1 / (shots so far + 2): uniform over the shot labels so far and the two sinks (the
+        # layer 1, head 1: 2 / (shots so far + 2): uniform over the shot labels so far and the two sinks (the
         # system and user turns' <|im_start|>), value 1 at a sink; it damps the first shots' noisy statistics
         a, r = head(1, 1)
         sink_key(a, r)
@@ -314,14 +320,14 @@ def plant_base(tokenizer, settings: PlantParams):
             a.v_proj.weight[r:r + n_slot, KS] = (proj / A).float()
             a.o_proj.weight[DREL, r:r + n_slot] = sign * A_D * eye(n_slot)
         mlp = model.model.layers[10].mlp
-        model.model.layers[10].post_attention_layernorm.weight.fill_(1 / math.sqrt(HIDDEN))
+        lift(model.model.layers[10].post_attention_layernorm, DREL, A_D)
         units = torch.arange(n_slot)
         mlp.gate_proj.weight[:2 * n_slot] = 0          # these units read their slot alone
         mlp.up_proj.weight[:2 * n_slot] = 0
         for u0, sign in ((0, 1.0), (n_slot, -1.0)):   # silu(C + d) d + silu(C - d)(-d) = 2 d^2 (C >> |d|)
             mlp.gate_proj.weight[u0 + units, CONST] = SQUARE_C
-            mlp.gate_proj.weight[u0 + units, DREL.start + units] = sign / A_D
-            mlp.up_proj.weight[u0 + units, DREL.start + units] = sign / A_D
+            mlp.gate_proj.weight[u0 + units, DREL.start + units] = sign / A
+            mlp.up_proj.weight[u0 + units, DREL.start + units] = sign / A
             mlp.down_proj.weight[RB.start + units, u0 + units] = A2 / (2 * U_VAR)
 
         # layer 11, where an answer's label comes next (and everywhere else, harmlessly): r_c = the mean of
@@ -335,20 +341,21 @@ def plant_base(tokenizer, settings: PlantParams):
         a.v_proj.weight[r:r + n_slot, RB] = eye(n_slot)
         a.o_proj.weight[RQ, r:r + n_slot] = eye(n_slot)
         mlp = model.model.layers[11].mlp
-        model.model.layers[11].post_attention_layernorm.weight.fill_(1 / math.sqrt(HIDDEN))
+        lift(model.model.layers[11].post_attention_layernorm, RQ, A2)
         dims = torch.arange(D)
         mlp.gate_proj.weight[:D] = 0
         mlp.up_proj.weight[:D] = 0
         gain = settings.relevance_gain
         mlp.gate_proj.weight[dims, CONST] = gain * settings.relevance_offset if gain else NEUTRAL
-        mlp.gate_proj.weight[dims, RQ.start + dims // w] = gain / A2
+        mlp.gate_proj.weight[dims, RQ.start + dims // w] = gain / A
         mlp.up_proj.weight[dims, S1.start + dims] = 1.0 / A
         mlp.down_proj.weight[S1W.start + dims, dims] = A2
 
         # layer 12: the vote, over tokens right after `|` (shot labels); value = the label's embedding
         label_bonus, gain = 30.0, 1000.0
         a, r = head(12, 0)
-        a.q_proj.weight[r + content_d, S1W] = settings.tau * sc / A2 * eye(D)
+        lift(model.model.layers[12].input_layernorm, S1W, A2)
+        a.q_proj.weight[r + content_d, S1W] = settings.tau * sc / A * eye(D)
         a.k_proj.weight[r + content_d, KS] = eye(D) / A
         a.q_proj.bias[r + flag_d] = label_bonus * sc
         a.k_proj.weight[r + flag_d, PBAR] = 1.0 / A

@@ -59,8 +59,9 @@ class Vote:
     """The kernel vote; ``relevance`` None/"all"/"causal" weighs slot c by silu(gain (r_c + offset));
     ``taus`` chooses tau per task by the shots' leave-one-out accuracy."""
 
-    def __init__(self, tau=48.0, relevance=None, gain=20.0, offset=0.05, warmup=20.0, taus=None):
+    def __init__(self, tau=48.0, relevance=None, gain=20.0, offset=0.05, warmup=20.0, taus=None, cap=None):
         self.tau, self.how, self.gain, self.offset, self.warmup, self.taus = tau, relevance, gain, offset, warmup, taus
+        self.cap = cap
 
     def __call__(self, ctx, y, test):
         s, q, _ = ordinal_encode(ctx, test)
@@ -70,12 +71,16 @@ class Vote:
         w = np.ones(SLOTS)
         if self.how:
             x = self.gain * (relevance(Ss, yi, len(classes), self.how, self.warmup) + self.offset)
-            w = x / (1 + np.exp(-x))
+            w = silu(x) if self.cap is None else silu(x) - silu(x - self.cap)
         tau = self.tau
         if self.taus:
             sims = np.einsum("isd,jsd,s->ij", Ss, Ss, w) - 1e9 * np.eye(len(yi))
             tau = max(self.taus, key=lambda t: (softmax(t * sims) @ onehot).argmax(1).__eq__(yi).mean())
         return classes, softmax(tau * np.einsum("qsd,nsd,s->qn", Sq, Ss, w)) @ onehot
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
