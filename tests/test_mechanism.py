@@ -3,9 +3,9 @@ label loss on held-out synthetic tasks is lower than after the same steps on the
 sequence's labels permuted among its rows, so only the format and the label counts are left to learn).
 
 Against the untrained base the sign depends on the base and the scale: here (8 steps of 2 sequences of up
-to 24 shots) version 2.3 goes from 1.595 to 1.488 on the corpus and to 1.526 on the control; version 2.2
-ended above its base in both runs, the control far more; at 400 steps of 8 sequences on a GPU version 2.1
-ended below it in both, the control less (BENCHMARKS.md, "Does the corpus teach?"). What the labels carry
+to 24 shots) version 2.3 goes from 1.595 to 1.488 on the corpus and to 1.526 on the control; earlier
+versions ended above their base in both runs, the control far more; at 400 steps of 8 sequences on a GPU
+version 2.1 ended below it in both, the control less (BENCHMARKS.md, "Does the corpus teach?"). What the labels carry
 shows as the gap (0.038 nats here)."""
 
 import pytest
