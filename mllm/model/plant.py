@@ -164,8 +164,9 @@ def plant_base(tokenizer, settings: PlantParams):
         norm.weight[dims] = A / size / math.sqrt(HIDDEN)
 
     def label_key(a, r: int) -> None:
-        """flag_d keys 2 on a shot's label token (after `|` and a label 0..MAX_LABELS-1), 1 on a token with
-        one of the two (the header's `"|".`, a small feature value)."""
+        """Head r scores LABEL_KEY on a shot's label token (after `|` and a label 0..MAX_LABELS-1) and half
+        that on a token with one of the two (the header's `"|".`, a small feature value)."""
+        a.q_proj.bias[r + flag_d] = LABEL_KEY / 2 * sc
         a.k_proj.weight[r + flag_d, PBAR] = 1.0 / A
         a.k_proj.weight[r + flag_d, DIGIT] = 1.0 / A
 
@@ -296,7 +297,6 @@ def plant_base(tokenizer, settings: PlantParams):
         a, r = head(1, 1)
         sink_key(a, r)
         a.q_proj.bias[r + sink_d] = LABEL_KEY * sc
-        a.q_proj.bias[r + flag_d] = LABEL_KEY / 2 * sc
         label_key(a, r)
         a.v_proj.weight[r, SINK] = 1.0
         a.o_proj.weight[INV, r] = 1.0
@@ -304,16 +304,15 @@ def plant_base(tokenizer, settings: PlantParams):
         # layer 10, at each shot label: the column means of the shots of its class so far minus those of all
         # shots so far, in each slot's centred coordinate U = sin(theta - pi/4) (one dim per slot, ~ z / 5.3);
         # its MLP squares them: the shot's between-class spread per column
-        proj = torch.zeros(D // w, D, dtype=torch.float64)
-        slots = torch.arange(D // w)
-        proj[slots, w * slots] = -math.sqrt(0.5)
-        proj[slots, w * slots + 1] = math.sqrt(0.5)
         n_slot = D // w
+        units = torch.arange(n_slot)
+        proj = torch.zeros(n_slot, D, dtype=torch.float64)
+        proj[units, w * units] = -math.sqrt(0.5)
+        proj[units, w * units + 1] = math.sqrt(0.5)
         ids_d = content_d[:TOK.stop]
         for h, sign in ((0, 1.0), (1, -1.0)):
             a, r = head(10, h)
             label_key(a, r)
-            a.q_proj.bias[r + flag_d] = LABEL_KEY / 2 * sc
             if h == 0:      # same label: <TOK_q, TOK_k> over the labels' margin
                 a.q_proj.weight[r + ids_d, TOK] = CLASS_MATCH * sc / margin * eye(TOK.stop)
                 a.k_proj.weight[r + ids_d, TOK] = eye(TOK.stop)
@@ -321,7 +320,6 @@ def plant_base(tokenizer, settings: PlantParams):
             a.o_proj.weight[DREL, r:r + n_slot] = sign * A_D * eye(n_slot)
         mlp = model.model.layers[10].mlp
         lift(model.model.layers[10].post_attention_layernorm, DREL, A_D)
-        units = torch.arange(n_slot)
         mlp.gate_proj.weight[:2 * n_slot] = 0          # these units read their slot alone
         mlp.up_proj.weight[:2 * n_slot] = 0
         for u0, sign in ((0, 1.0), (n_slot, -1.0)):   # silu(C + d) d + silu(C - d)(-d) = 2 d^2 (C >> |d|)
@@ -335,7 +333,6 @@ def plant_base(tokenizer, settings: PlantParams):
         # the row's summary per column, w_c = silu(gain (r_c + offset)) (gain 0: w = 1, the plain vote)
         a, r = head(11, 0)
         label_key(a, r)
-        a.q_proj.bias[r + flag_d] = LABEL_KEY / 2 * sc
         a.q_proj.bias[r + sink_d - 1] = -settings.relevance_warmup * sc
         a.k_proj.weight[r + sink_d - 1, INV] = 1.0 / A
         a.v_proj.weight[r:r + n_slot, RB] = eye(n_slot)

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from mllm.evaluation.suite import VOTE, baseline, evaluate_dataset, load_table
+from mllm.model.plant import U_VAR  # variance of a standardised column in U = sin(theta - pi/4)
 from mllm.text.encoding import ordinal_encode, quantise
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 SLOTS = 48
-U_VAR = (np.pi * 120 / 1998) ** 2       # variance of a standardised column in U = sin(theta - pi/4)
 
 
 def summaries(codes: np.ndarray) -> np.ndarray:
