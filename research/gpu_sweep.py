@@ -27,14 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-L10 = r".*\.10\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-# name: (LoRA target modules or "full", learning rate)
+L10 = r".*\.10\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"   # version 2.1's vote
+VG = r".*\.(12\.self_attn\.(q_proj|k_proj|v_proj|o_proj)|11\.mlp\.gate_proj)"   # 2.3's vote and column gate
+NORMS = ["layers.11.post_attention_layernorm", "layers.12.input_layernorm"]   # 2.3's per-slot scales
+# name: (LoRA target modules or "full", learning rate, modules trained whole beside LoRA)
 CONFIGS = {
-    "l10-1e-2": (L10, 1e-2),
-    "l10-3e-3": (L10, 3e-3),
-    "all-1e-4": ("all-linear", 1e-4),
-    "all-1e-5": ("all-linear", 1e-5),
-    "full-1e-5": ("full", 1e-5),
+    "l10-1e-2": (L10, 1e-2, []),
+    "l10-3e-3": (L10, 3e-3, []),
+    "all-1e-4": ("all-linear", 1e-4, []),
+    "all-1e-5": ("all-linear", 1e-5, []),
+    "full-1e-5": ("full", 1e-5, []),
+    "vg-1e-2": (VG, 1e-2, []),
+    "vgn-1e-3": (VG, 1e-3, NORMS),
+    "vgn-3e-3": (VG, 3e-3, NORMS),
+    "vgn-1e-2": (VG, 1e-2, NORMS),
 }
 
 
@@ -106,11 +112,11 @@ def sweep(args) -> None:
     work = Path(args.work)
     adapters = []
     for name in args.configs.split(","):
-        target, lr = CONFIGS[name]
+        target, lr, keep = CONFIGS[name]
         for control in (False, True) if name in args.controls.split(",") else (False,):
             tag = f"{name}{'-control' if control else ''}"
             model_over = {"adapter": "full"} if target == "full" else {
-                "adapter": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": target}}
+                "adapter": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": target, "modules_to_save": keep}}
             model_over["dtype"] = "float32"  # fp32 master weights: a bf16 weight loses an update of 1e-5
             over = {"model": model_over, "train": {
                 "stages": [{"name": "full", "corpus": "full", "lr": lr, "epochs": 1000, "max_steps": args.steps,

@@ -142,6 +142,38 @@ def test_lora_with_no_matching_modules(tmp_path, data, tok):
         run_training(params, corpus, str(tok_dir), tmp_path / "out")
 
 
+def test_modules_to_save_train_whole_and_reach_the_merged_model(tmp_path, data, tok):
+    """peft's modules_to_save: a named module (here one layer norm) trains whole beside the LoRA adapters, is
+    saved with them, and is in the model that load_trained merges; the other modules keep the base's weights."""
+    import torch
+
+    from mllm.model.loading import load_trained
+
+    tok_dir, corpus = data
+    base = load_base(parse_params(raw_params()).model, tok, seed=0)
+    base.save_pretrained(tmp_path / "base", safe_serialization=True)
+    params = parse_params(raw_params(
+        model={"base": str(tmp_path / "base"), "adapter": "lora",
+               "lora": {"target_modules": ["q_proj"], "modules_to_save": ["layers.1.input_layernorm"]}},
+        train={"stages": [{"name": "full", "corpus": "full", "lr": 1e-2, "epochs": 1, "max_steps": 2,
+                           "max_examples": None}], "grad_accum": 1}))
+    run_training(params, corpus, str(tok_dir), tmp_path / "out")
+    saved = load_file(tmp_path / "out" / "model" / "adapter_model.safetensors")
+    assert [k for k in saved if "layernorm" in k] == ["base_model.model.model.layers.1.input_layernorm.weight"]
+    merged = load_trained(tmp_path / "out" / "model", device="cpu")
+    trained, kept = (merged.model.layers[i].input_layernorm.weight for i in (1, 0))
+    assert not torch.equal(trained, base.model.layers[1].input_layernorm.weight)
+    assert torch.equal(kept, base.model.layers[0].input_layernorm.weight)
+
+
+def test_modules_to_save_that_name_nothing_is_a_clear_error(tmp_path, data, tok):
+    tok_dir, corpus = data
+    params = parse_params(raw_params(model={"base": "tiny", "adapter": "lora",
+                                            "lora": {"modules_to_save": ["layers.99.input_layernorm"]}}))
+    with pytest.raises(ModelError, match="modules_to_save 'layers.99.input_layernorm' names no module"):
+        run_training(params, corpus, str(tok_dir), tmp_path / "out")
+
+
 def test_corpus_longer_than_the_context_and_empty_corpus(tmp_path, data):
     tok_dir, corpus = data
     short = raw_params(model={"tiny": {**TINY_MODEL, "max_positions": 64}})

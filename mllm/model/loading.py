@@ -170,7 +170,12 @@ def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
     cfg = LoraConfig(
         r=mp.lora.r, lora_alpha=mp.lora.alpha, lora_dropout=mp.lora.dropout, bias="none",
         target_modules=mp.lora.target_modules, task_type="CAUSAL_LM",
+        modules_to_save=list(mp.lora.modules_to_save) or None,
     )
+    names = [n for n, _ in model.named_modules()]
+    for want in mp.lora.modules_to_save:  # peft would skip a name that matches nothing, silently
+        if not any(n == want or n.endswith("." + want) for n in names):
+            raise ModelError(f"model.lora.modules_to_save {want!r} names no module of model.base {mp.base!r}")
     try:
         return get_peft_model(model, cfg)
     except ValueError as err:

@@ -4,12 +4,16 @@ Reproduces version 2.2 (softmax(tau sum_c w_c cos(pi |u_c - v_c| / 1998)) over t
 (F - 1 - c) mod 48) within half a point of the real model on the predict benchmark's protocol, and adds the
 candidates research/README.md reports: column weights from the shots' between-class share of variance
 (every shot at once, or causally as the compiled version 2.3 does), and the kernel width chosen per task by
-the shots' leave-one-out accuracy.
+the shots' leave-one-out accuracy; then the candidates tried after 2.3 (research/README.md, "After 2.3"): the
+weights normalised (``norm``), r less its value for an unrelated column (``debias``), an in-context centroid
+classifier (``Centroid`` from all shots, ``CausalCentroid`` as one attention head can compute it) and the mean
+of two models' probabilities (``Ens``).
 
     python research/tiny-base-experiments/vote_sim.py OUT.csv 32,128 'rel=Vote(relevance="causal")' ...
 
 Each NAME=EXPR builds a model from this module's names; v22 (the plain vote) and kNN always run; RF=1 adds
-RandomForest and logistic regression; TABLES=a,b limits the tables."""
+RandomForest and logistic regression; TABLES=a,b limits the tables; SUITE=1 runs the evaluate stage's four
+scikit-learn tables (60 test rows) instead of the 30."""
 
 import os
 import sys
@@ -18,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mllm.evaluation.suite import VOTE, baseline, evaluate_dataset, load_table
+from mllm.evaluation.suite import VOTE, baseline, evaluate_dataset, load_table, sklearn_datasets
 from mllm.model.plant import U_VAR  # variance of a standardised column in U = sin(theta - pi/4)
 from mllm.text.encoding import ordinal_encode, quantise
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 SLOTS = 48
+SUITE = ("iris", "wine", "breast_cancer", "digits")   # SUITE=1: the evaluate stage's default tables instead
 
 
 def summaries(codes: np.ndarray) -> np.ndarray:
@@ -59,9 +64,10 @@ class Vote:
     """The kernel vote; ``relevance`` None/"all"/"causal" weighs slot c by silu(gain (r_c + offset));
     ``taus`` chooses tau per task by the shots' leave-one-out accuracy."""
 
-    def __init__(self, tau=48.0, relevance=None, gain=20.0, offset=0.05, warmup=20.0, taus=None, cap=None):
+    def __init__(self, tau=48.0, relevance=None, gain=20.0, offset=0.05, warmup=20.0, taus=None, cap=None,
+                 norm=None, debias=0.0, per_class=False):
         self.tau, self.how, self.gain, self.offset, self.warmup, self.taus = tau, relevance, gain, offset, warmup, taus
-        self.cap = cap
+        self.cap, self.norm, self.debias, self.per_class = cap, norm, debias, per_class
 
     def __call__(self, ctx, y, test):
         s, q, _ = ordinal_encode(ctx, test)
@@ -70,13 +76,82 @@ class Vote:
         Ss, Sq, onehot = summaries(cs), summaries(cq), np.eye(len(classes))[yi]
         w = np.ones(SLOTS)
         if self.how:
-            x = self.gain * (relevance(Ss, yi, len(classes), self.how, self.warmup) + self.offset)
+            r = relevance(Ss, yi, len(classes), self.how, self.warmup)
+            # what r is for a column unrelated to the label: about (K - 1) / n (per_class) or 1 / n
+            r = r - self.debias * ((len(classes) - 1) if self.per_class else 1) / len(yi)
+            x = self.gain * (r + self.offset)
             w = silu(x) if self.cap is None else silu(x) - silu(x - self.cap)
+        active = np.abs(Sq).sum((0, 2)) > 0
+        if self.norm == "mean":      # w / the mean weight of the row's columns: the kernel keeps its width
+            w = w / w[active].mean()
+        elif self.norm == "l2":      # w / the L2 norm of the weighted row (an RMS norm's division): tau / sqrt(F)
+            w = w / np.sqrt((w[active] ** 2).sum())
         tau = self.tau
         if self.taus:
             sims = np.einsum("isd,jsd,s->ij", Ss, Ss, w) - 1e9 * np.eye(len(yi))
             tau = max(self.taus, key=lambda t: (softmax(t * sims) @ onehot).argmax(1).__eq__(yi).mean())
         return classes, softmax(tau * np.einsum("qsd,nsd,s->qn", Sq, Ss, w)) @ onehot
+
+
+class Centroid:
+    """Diagonal LDA on U (each slot's centred coordinate): score_k = sum_c (U_c m_kc - m_kc^2 / 2) / v_c * scale
+    + log n_k, m the class means and v the pooled within-class variance (``shrink`` toward U_VAR): a head
+    whose keys are the class means and whose softmax over the shots adds the class counts."""
+
+    def __init__(self, scale=1.0, shrink=0.1):
+        self.scale, self.shrink = scale, shrink
+
+    def __call__(self, ctx, y, test):
+        s, q, _ = ordinal_encode(ctx, test)
+        cs, cq = quantise(s, q)
+        classes, yi = np.unique(y, return_inverse=True)
+        proj = np.array([-np.sqrt(0.5), np.sqrt(0.5)])
+        Us, Uq = summaries(cs) @ proj, summaries(cq) @ proj
+        onehot = np.eye(len(classes))[yi]
+        cnt = onehot.sum(0)
+        means = onehot.T @ Us / cnt[:, None]
+        var = ((Us - means[yi]) ** 2).mean(0)
+        var = (1 - self.shrink) * var + self.shrink * U_VAR
+        score = ((Uq[:, None] * means[None] - means[None] ** 2 / 2) / var).sum(-1) * self.scale + np.log(cnt)
+        return classes, softmax(score)
+
+
+class CausalCentroid:
+    """The centroid score as one attention head can compute it: at shot i the key is d_i = the mean of its class
+    so far minus the mean so far (U per slot), scored against the query's U minus the shots' mean, less
+    |d_i|^2 / 2, all over ``var`` (U_VAR: every column is standardised before it is coded); the softmax runs over
+    the shots, so class k collects its count times its centroid score."""
+
+    def __init__(self, scale=1.0, var=None, warmup=0.0):
+        self.scale, self.var, self.warmup = scale, var, warmup
+
+    def __call__(self, ctx, y, test):
+        s, q, _ = ordinal_encode(ctx, test)
+        cs, cq = quantise(s, q)
+        classes, yi = np.unique(y, return_inverse=True)
+        proj = np.array([-np.sqrt(0.5), np.sqrt(0.5)])
+        Us, Uq = summaries(cs) @ proj, summaries(cq) @ proj
+        n, onehot = len(yi), np.eye(len(classes))[yi]
+        so_far = np.arange(1, n + 1)
+        mean = np.cumsum(Us, 0) / so_far[:, None]
+        class_sum = np.cumsum(onehot[:, :, None] * Us[:, None], 0)[np.arange(n), yi]
+        d = class_sum / np.cumsum(onehot, 0)[np.arange(n), yi][:, None] - mean
+        var = self.var or U_VAR
+        score = ((Uq - Us.mean(0)) @ d.T - (d ** 2).sum(1) / 2) * self.scale / var
+        score = score - self.warmup * 2 / (so_far + 2)      # the first shots' class means are noisy
+        return classes, softmax(score) @ onehot
+
+
+class Ens:
+    """The weighted mean of two models' probabilities."""
+
+    def __init__(self, a, b, wa=0.5):
+        self.a, self.b, self.wa = a, b, wa
+
+    def __call__(self, ctx, y, test):
+        ca, pa = self.a(ctx, y, test)
+        _, pb = self.b(ctx, y, test)
+        return ca, self.wa * pa + (1 - self.wa) * pb
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -98,9 +173,11 @@ def main() -> None:
         models[name] = eval(expr, globals())
     wanted = os.environ.get("TABLES")
     rows = []
-    for p in sorted(SHARED.glob("*.csv")):
-        if not wanted or p.stem in wanted.split(","):
-            rows += evaluate_dataset(p.stem, *load_table(p), models, shots, [0, 1], max_test=50)
+    tables = ({name: xy for name, xy in sklearn_datasets().items() if name in SUITE} if os.environ.get("SUITE")
+              else {p.stem: load_table(p) for p in sorted(SHARED.glob("*.csv"))})
+    for name, (X, y) in tables.items():
+        if not wanted or name in wanted.split(","):
+            rows += evaluate_dataset(name, X, y, models, shots, [0, 1], max_test=60 if os.environ.get("SUITE") else 50)
     df = pd.DataFrame(rows)
     df.to_csv(out, index=False)
     df = df[df.seed.astype(str) != VOTE]
