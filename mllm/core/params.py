@@ -176,8 +176,8 @@ class LoraParams(_Strict):
     dropout: float = Field(ge=0.0, lt=1.0)
     target_modules: str | list[str]
     modules_to_save: list[str] = Field(default_factory=list, description=(
-        "modules trained whole beside the LoRA adapters and saved with them (peft's modules_to_save: module "
-        "names or their dotted endings, e.g. layers.12.input_layernorm)"))
+        "modules trained whole beside the LoRA adapters and saved with them (peft's modules_to_save: every "
+        "module whose name ends with one of these, e.g. layers.12.input_layernorm)"))
 
 
 class RopeScaling(_Strict):

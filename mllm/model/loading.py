@@ -173,8 +173,8 @@ def add_adapter(model, mp: ModelParams, resume_adapter: str | None = None):
         modules_to_save=list(mp.lora.modules_to_save) or None,
     )
     names = [n for n, _ in model.named_modules()]
-    for want in mp.lora.modules_to_save:  # peft would skip a name that matches nothing, silently
-        if not any(n == want or n.endswith("." + want) for n in names):
+    for want in mp.lora.modules_to_save:  # peft's rule (the name ends with it); peft skips a miss silently
+        if not any(n.endswith(want) for n in names):
             raise ModelError(f"model.lora.modules_to_save {want!r} names no module of model.base {mp.base!r}")
     try:
         return get_peft_model(model, cfg)
