@@ -52,7 +52,8 @@ def api_shared_with_subprocesses() -> Iterator[None]:
 
 
 def gather(futures: list, desc: str, unit: str = "shard") -> list:
-    """Results of ``futures`` as they complete, with a progress bar.
+    """Results of ``futures`` in their order (whichever worker finishes first, a float summed over them comes
+    out the same), awaited as they complete, with a progress bar.
 
     On the first failure the not-yet-started futures are cancelled and the running ones awaited before
     the error propagates, so no worker writes into an output directory that is being discarded.
@@ -60,10 +61,11 @@ def gather(futures: list, desc: str, unit: str = "shard") -> list:
     from prefect.futures import as_completed, wait
     from tqdm import tqdm
 
-    results = []
+    index = {id(fut): i for i, fut in enumerate(futures)}
+    results = [None] * len(futures)
     try:
         for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit=unit, disable=None):
-            results.append(fut.result())
+            results[index[id(fut)]] = fut.result()
     except BaseException:
         for fut in futures:
             wrapped = getattr(fut, "wrapped_future", None)

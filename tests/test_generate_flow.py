@@ -120,3 +120,24 @@ def test_dask_runner_gives_identical_bytes(tmp_path, prefect_harness):
         }
     assert len(outs["local"]) == 4 + 4 + 4 + 1  # generated, kept, warm-up shards and the report
     assert outs["local"] == outs["dask"]
+
+
+def test_gather_returns_results_in_submission_order_whatever_finishes_first():
+    """A stage's summary sums floats over its shards: in completion order its last digit followed the scheduler."""
+    import time
+
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.runners import gather
+
+    @task
+    def late(i: int) -> int:
+        time.sleep(0.3 * (3 - i))   # the first submitted finishes last
+        return i
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def fan_out() -> list:
+        return gather([late.submit(i) for i in range(4)], desc="test")
+
+    assert fan_out() == [0, 1, 2, 3]
