@@ -42,22 +42,37 @@ def summaries(codes: np.ndarray) -> np.ndarray:
     return out
 
 
+U_PROJ = np.array([-np.sqrt(0.5), np.sqrt(0.5)])   # a slot's code -> U = sin(theta - pi/4)
+
+
+def coded(ctx, y, test):
+    """(classes, the shots' label indices, the shots' and the queries' slot summaries), as the base reads them."""
+    s, q, _ = ordinal_encode(ctx, test)
+    cs, cq = quantise(s, q)
+    classes, yi = np.unique(y, return_inverse=True)
+    return classes, yi, summaries(cs), summaries(cq)
+
+
+def class_mean_so_far(U: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """At each shot, per slot: the mean of U over the shots of its class so far minus the mean so far."""
+    n, onehot = len(y), np.eye(k)[y]
+    mean = np.cumsum(U, 0) / np.arange(1, n + 1)[:, None]
+    class_sum = np.cumsum(onehot[:, :, None] * U[:, None], 0)[np.arange(n), y]
+    return class_sum / np.cumsum(onehot, 0)[np.arange(n), y][:, None] - mean
+
+
 def relevance(S: np.ndarray, y: np.ndarray, k: int, how: str, warmup: float) -> np.ndarray:
     """r per slot: between-class variance of U over U_VAR. ``all``: class means of all shots; ``causal``:
     at each shot the mean of its class so far minus the mean so far, squared, averaged over the shots with
     weights exp(-2 warmup / (shots so far + 2)) (what layers 10-11 of version 2.3 compute)."""
-    U = S @ np.array([-np.sqrt(0.5), np.sqrt(0.5)])
+    U = S @ U_PROJ
     n, onehot = len(y), np.eye(k)[y]
     if how == "all":
         cnt = onehot.sum(0)
         means = onehot.T @ U / np.maximum(cnt, 1)[:, None]
         return (cnt[:, None] * (means - U.mean(0)) ** 2).sum(0) / n / U_VAR
-    so_far = np.arange(1, n + 1)
-    mean = np.cumsum(U, 0) / so_far[:, None]
-    class_sum = np.cumsum(onehot[:, :, None] * U[:, None], 0)[np.arange(n), y]
-    class_mean = class_sum / np.cumsum(onehot, 0)[np.arange(n), y][:, None]
-    weight = np.exp(-2 * warmup / (so_far + 2))
-    return (((class_mean - mean) ** 2) * weight[:, None]).sum(0) / weight.sum() / U_VAR
+    weight = np.exp(-2 * warmup / (np.arange(1, n + 1) + 2))
+    return ((class_mean_so_far(U, y, k) ** 2) * weight[:, None]).sum(0) / weight.sum() / U_VAR
 
 
 class Vote:
@@ -70,10 +85,8 @@ class Vote:
         self.cap, self.norm, self.debias, self.per_class = cap, norm, debias, per_class
 
     def __call__(self, ctx, y, test):
-        s, q, _ = ordinal_encode(ctx, test)
-        cs, cq = quantise(s, q)
-        classes, yi = np.unique(y, return_inverse=True)
-        Ss, Sq, onehot = summaries(cs), summaries(cq), np.eye(len(classes))[yi]
+        classes, yi, Ss, Sq = coded(ctx, y, test)
+        onehot = np.eye(len(classes))[yi]
         w = np.ones(SLOTS)
         if self.how:
             r = relevance(Ss, yi, len(classes), self.how, self.warmup)
@@ -102,12 +115,8 @@ class Centroid:
         self.scale, self.shrink = scale, shrink
 
     def __call__(self, ctx, y, test):
-        s, q, _ = ordinal_encode(ctx, test)
-        cs, cq = quantise(s, q)
-        classes, yi = np.unique(y, return_inverse=True)
-        proj = np.array([-np.sqrt(0.5), np.sqrt(0.5)])
-        Us, Uq = summaries(cs) @ proj, summaries(cq) @ proj
-        onehot = np.eye(len(classes))[yi]
+        classes, yi, Ss, Sq = coded(ctx, y, test)
+        Us, Uq, onehot = Ss @ U_PROJ, Sq @ U_PROJ, np.eye(len(classes))[yi]
         cnt = onehot.sum(0)
         means = onehot.T @ Us / cnt[:, None]
         var = ((Us - means[yi]) ** 2).mean(0)
@@ -126,20 +135,14 @@ class CausalCentroid:
         self.scale, self.var, self.warmup = scale, var, warmup
 
     def __call__(self, ctx, y, test):
-        s, q, _ = ordinal_encode(ctx, test)
-        cs, cq = quantise(s, q)
-        classes, yi = np.unique(y, return_inverse=True)
-        proj = np.array([-np.sqrt(0.5), np.sqrt(0.5)])
-        Us, Uq = summaries(cs) @ proj, summaries(cq) @ proj
-        n, onehot = len(yi), np.eye(len(classes))[yi]
-        so_far = np.arange(1, n + 1)
-        mean = np.cumsum(Us, 0) / so_far[:, None]
-        class_sum = np.cumsum(onehot[:, :, None] * Us[:, None], 0)[np.arange(n), yi]
-        d = class_sum / np.cumsum(onehot, 0)[np.arange(n), yi][:, None] - mean
+        classes, yi, Ss, Sq = coded(ctx, y, test)
+        Us, Uq = Ss @ U_PROJ, Sq @ U_PROJ
+        d = class_mean_so_far(Us, yi, len(classes))
+        so_far = np.arange(1, len(yi) + 1)
         var = self.var or U_VAR
         score = ((Uq - Us.mean(0)) @ d.T - (d ** 2).sum(1) / 2) * self.scale / var
         score = score - self.warmup * 2 / (so_far + 2)      # the first shots' class means are noisy
-        return classes, softmax(score) @ onehot
+        return classes, softmax(score) @ np.eye(len(classes))[yi]
 
 
 class Ens:
