@@ -7,7 +7,8 @@ candidates research/README.md reports: column weights from the shots' between-cl
 the shots' leave-one-out accuracy; then the candidates tried after 2.3 (research/README.md, "After 2.3"): the
 weights normalised (``norm``), r less its value for an unrelated column (``debias``), an in-context centroid
 classifier (``Centroid`` from all shots, ``CausalCentroid`` as one attention head can compute it) and the mean
-of two models' probabilities (``Ens``).
+of two models' probabilities (``Ens``); then bagged votes over random subsets of the slots (``Subspace``), an
+L1-shaped per-column kernel (``Shape``) and rank-normalised inputs (``Quantile``).
 
     python research/tiny-base-experiments/vote_sim.py OUT.csv 32,128 'rel=Vote(relevance="causal")' ...
 
@@ -75,6 +76,17 @@ def relevance(S: np.ndarray, y: np.ndarray, k: int, how: str, warmup: float) -> 
     return ((class_mean_so_far(U, y, k) ** 2) * weight[:, None]).sum(0) / weight.sum() / U_VAR
 
 
+def column_weights(S, y, k, how, gain=20.0, offset=0.05, warmup=20.0, cap=None, debias=0.0, per_class=False):
+    """Per slot: silu(gain (r + offset)) (capped at ``cap``), r from ``relevance``; all ones when ``how`` is None."""
+    if not how:
+        return np.ones(SLOTS)
+    r = relevance(S, y, k, how, warmup)
+    # what r is for a column unrelated to the label: about (K - 1) / n (per_class) or 1 / n
+    r = r - debias * ((k - 1) if per_class else 1) / len(y)
+    x = gain * (r + offset)
+    return silu(x) if cap is None else silu(x) - silu(x - cap)
+
+
 class Vote:
     """The kernel vote; ``relevance`` None/"all"/"causal" weighs slot c by silu(gain (r_c + offset));
     ``taus`` chooses tau per task by the shots' leave-one-out accuracy."""
@@ -87,13 +99,8 @@ class Vote:
     def __call__(self, ctx, y, test):
         classes, yi, Ss, Sq = coded(ctx, y, test)
         onehot = np.eye(len(classes))[yi]
-        w = np.ones(SLOTS)
-        if self.how:
-            r = relevance(Ss, yi, len(classes), self.how, self.warmup)
-            # what r is for a column unrelated to the label: about (K - 1) / n (per_class) or 1 / n
-            r = r - self.debias * ((len(classes) - 1) if self.per_class else 1) / len(yi)
-            x = self.gain * (r + self.offset)
-            w = silu(x) if self.cap is None else silu(x) - silu(x - self.cap)
+        w = column_weights(Ss, yi, len(classes), self.how, self.gain, self.offset, self.warmup, self.cap,
+                           self.debias, self.per_class)
         active = np.abs(Sq).sum((0, 2)) > 0
         if self.norm == "mean":      # w / the mean weight of the row's columns: the kernel keeps its width
             w = w / w[active].mean()
@@ -143,6 +150,68 @@ class CausalCentroid:
         score = ((Uq - Us.mean(0)) @ d.T - (d ** 2).sum(1) / 2) * self.scale / var
         score = score - self.warmup * 2 / (so_far + 2)      # the first shots' class means are noisy
         return classes, softmax(score) @ np.eye(len(classes))[yi]
+
+
+class Subspace:
+    """The mean of ``heads`` kernel votes, head h over a fixed random subset of the slots (each slot in with
+    probability ``frac``, drawn once from ``seed``, as a compiled head's query would select them), the columns
+    weighted as in ``Vote``: bagged sub-classifiers, one attention head each."""
+
+    def __init__(self, heads=32, frac=0.5, tau=250.0, relevance="causal", gain=20.0, seed=0):
+        self.masks = (np.random.default_rng(seed).random((heads, SLOTS)) < frac).astype(float)
+        self.tau, self.how, self.gain = tau, relevance, gain
+
+    def __call__(self, ctx, y, test):
+        classes, yi, Ss, Sq = coded(ctx, y, test)
+        onehot = np.eye(len(classes))[yi]
+        w = column_weights(Ss, yi, len(classes), self.how, self.gain)
+        sims = np.einsum("qsd,nsd->qns", Sq, Ss)
+        return classes, np.mean([softmax(self.tau * (sims @ (w * m))) @ onehot for m in self.masks], 0)
+
+
+class Shape:
+    """The vote with another per-column log-kernel: -|delta|^p, delta the angle between a slot's two codes
+    (the cosine kernel is about 1 - delta^2 / 2, so p = 2 and tau = 24 is version 2.3's tau 48; p = 1 is an L1
+    distance, which one far-off column moves less)."""
+
+    def __init__(self, p=1.0, tau=10.0, relevance="causal", gain=20.0):
+        self.p, self.tau, self.how, self.gain = p, tau, relevance, gain
+
+    def __call__(self, ctx, y, test):
+        classes, yi, Ss, Sq = coded(ctx, y, test)
+        w = column_weights(Ss, yi, len(classes), self.how, self.gain)
+        on = np.abs(Sq).sum((0, 2)) > 0
+        dots = np.einsum("qsd,nsd->qns", Sq[:, on], Ss[:, on])
+        # a slot holding two aliased columns is not of unit length: the angle of the normalised codes
+        norms = np.linalg.norm(Sq[:, on], axis=-1)[:, None] * np.linalg.norm(Ss[:, on], axis=-1)[None]
+        delta = np.arccos(np.clip(dots / np.maximum(norms, 1e-12), -1, 1))
+        return classes, softmax(-self.tau * (delta ** self.p) @ w[on]) @ np.eye(len(classes))[yi]
+
+
+class Quantile:
+    """Any model on numeric columns first mapped through the shots' empirical CDF (mid-ranks) and the normal
+    quantile: the encoding a rank-based learner would see (the encoder z-scores it again)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, ctx, y, test):
+        from scipy.stats import norm
+
+        ctx, test = ctx.copy(), test.copy()
+        for col in ctx.columns:
+            if not pd.api.types.is_numeric_dtype(ctx[col]) or pd.api.types.is_bool_dtype(ctx[col]):
+                continue
+            s, q = ctx[col].to_numpy(float), pd.to_numeric(test[col], errors="coerce").to_numpy(float)
+            known = np.sort(s[~np.isnan(s)])
+            if len(known) < 2:
+                continue
+
+            def scores(x, known=known):
+                mid = (np.searchsorted(known, x, "left") + np.searchsorted(known, x, "right")) / 2
+                return np.where(np.isnan(x), np.nan, norm.ppf((mid + 0.5) / (len(known) + 1)))
+            ctx[col], test[col] = scores(s), scores(q)
+        return self.model(ctx, y, test)
 
 
 class Ens:
