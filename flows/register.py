@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from mllm.core.atomic import write_json_atomic
 from mllm.core.errors import InputError
 from mllm.core.params import load_params
+from mllm.model.loading import check_trained_dir
 from mllm.model.train import FINAL, RUN_FILE
 from mllm.registry.promotion import register
 
@@ -24,9 +25,20 @@ def _inputs(train: str, evaluation: str, model: str | None = None) -> tuple[Path
     path = Path(model) if model else train_dir / FINAL
     if not path.is_dir():
         raise InputError(f"no model at {path}" + ("" if model else " (run the train stage first)"))
+    check_trained_dir(path)  # an empty or half-copied directory is never registered, let alone promoted
     if not Path(evaluation).is_file():
         raise InputError(f"no evaluation summary at {evaluation} (run the evaluate stage first)")
-    summary = json.loads(Path(evaluation).read_text())
+    try:
+        summary = json.loads(Path(evaluation).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{evaluation} is not the evaluate stage's JSON summary ({err})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("models"), dict) or not isinstance(
+            summary.get("mean_accuracy"), dict):
+        raise InputError(f"{evaluation} is not the evaluate stage's summary (no models / mean_accuracy)")
+    if not {"trained", "majority"} <= set(summary["mean_accuracy"]):
+        raise InputError(f"{evaluation} has no mean accuracy of the trained model and the majority class")
+    if Path(summary["models"].get("trained", "")).resolve() != path.resolve():
+        raise InputError(f"{evaluation} measured {summary['models'].get('trained')}, not {path}: rerun evaluate")
     run_file = train_dir / RUN_FILE
     run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() and not model else None
     return path, summary, run_id
@@ -62,8 +74,6 @@ def register_flow(params_path: str = "params.yaml", train: str = "data/train",
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     model, summary, run_id = _inputs(train, evaluation, model_dir)
-    if Path(summary["models"].get("trained", "")).resolve() != model.resolve():
-        raise InputError(f"{evaluation} measured {summary['models'].get('trained')}, not {model}: rerun evaluate")
     ep = params.evaluate
     with registry_lock(ep.registered_model) as locked:
         record = register(model, summary, ep.registered_model, run_id,

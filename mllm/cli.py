@@ -59,20 +59,25 @@ def _fail(msg: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _run(params: str, set_: list[str] | None, start: Callable[[dict], Any]) -> Any:
-    """Validate params (before Prefect or any work starts), then ``start(overrides)``; known failures become
-    a one-line error and an exit code instead of a traceback."""
+def _run(params: str, set_: list[str] | None, start: Callable[[dict], Any], outputs: tuple[str, ...] = ()) -> Any:
+    """Validate params and that every output path can be written (before Prefect or any work starts), then
+    ``start(overrides)``; known failures become a one-line error and an exit code instead of a traceback."""
+    from mllm.core.atomic import check_writable
     from mllm.core.errors import InputError, StageFailed
     from mllm.core.params import load_params
 
     overrides = parse_overrides(set_)
     try:
         load_params(params, overrides)
+        for path in outputs:
+            check_writable(path)
         return start(overrides)
     except (InputError, FileNotFoundError) as err:
         _fail(str(err), 2)
     except StageFailed as err:
         _fail(str(err), 1)
+    except OSError as err:  # found while working: a full disk, a file system gone read-only
+        _fail(f"{err.filename or 'an output'}: {err.strerror or err}", 1)
 
 
 @app.command()
@@ -88,7 +93,7 @@ def generate(
 
         return run_generate(params, out, overrides)
 
-    m = _run(params, set_, start)
+    m = _run(params, set_, start, (out,))
     typer.echo(f"generated {m['tasks']} tasks in {len(m['shards'])} shards -> {out}")
 
 
@@ -107,7 +112,7 @@ def filter_(
 
         return run_filter(params, generated, out, metrics, overrides)
 
-    s = _run(params, set_, start)
+    s = _run(params, set_, start, (out, metrics))
     typer.echo(f"kept {s['kept']} of {s['tasks']} tasks ({100 * s['kept_share']:.1f}%); "
                f"warm-up corpus {s['warmup_tasks']} tasks -> {out}")
 
@@ -125,7 +130,7 @@ def tokenizer(
 
         return run_tokenizer(params, out, overrides)
 
-    s = _run(params, set_, start)
+    s = _run(params, set_, start, (out,))
     typer.echo(f"tokenizer ({s['numbers']} numbers, {s['tokens']} tokens) -> {out}")
 
 
@@ -144,7 +149,7 @@ def encode(
 
         return run_encode(params, filtered, out, metrics, overrides)
 
-    s = _run(params, set_, start)
+    s = _run(params, set_, start, (out, metrics))
     full, warm = s["full"], s["warmup"]
     typer.echo(f"corpus: {full['sequences']} full + {warm['sequences']} warm-up sequences, "
                f"{full['tokens'] + warm['tokens']} tokens -> {out}")
@@ -165,7 +170,7 @@ def train(
 
         return run_train(params, corpus, out, overrides, time_budget)
 
-    s = _run(params, set_, start)
+    s = _run(params, set_, start, (out,))
     state = "complete" if s["complete"] else "stopped at the time budget (rerun to continue)"
     loss = "no steps left (the checkpoint was complete)" if s["steps_this_run"] == 0 else f"final loss {s['final_loss']:.4f}"
     typer.echo(f"trained: {state}; {loss}; model -> {out}/model; MLflow run {s['run_id']}")
@@ -190,7 +195,7 @@ def evaluate(
 
         return run_evaluate(params, model, out, metrics, curve, snapshots, training_curve, overrides)
 
-    s = _run(params, set_, start)
+    s = _run(params, set_, start, (out, metrics, curve, training_curve))
     mean = s["mean_accuracy"]
     typer.echo("mean accuracy over " + f"{len(s['tables'])} tables: " +
                ", ".join(f"{m} {v:.3f}" for m, v in sorted(mean.items(), key=lambda kv: -(kv[1] or 0))))
@@ -221,7 +226,7 @@ def register(
 
         return run_register(params, train, evaluation, out, overrides, model)
 
-    r = _run(params, set_, start)
+    r = _run(params, set_, start, (out,))
     typer.echo(f"registered {r['name']} version {r['version']} (alias candidate); "
                f"{'PROMOTED to champion' if r['promoted'] else 'not promoted'}: {r['reason']}")
     typer.echo(f"champion: {r['name']}@champion = version {r['champion_version']}")
@@ -262,41 +267,77 @@ def predict(
 ) -> None:
     """Predict the rows of a CSV from a labelled CSV, in context. With --out, a long run shows progress and
     saves results as it goes (OUT.partial): rerun the same command after an interruption to resume."""
-    import numpy as np
+    import contextlib
 
-    from mllm.core.errors import InputError
+    from mllm.core.errors import InputError, StageFailed
 
-    if out and Path(out).is_dir():  # found before the compute, not after it
-        _fail(f"--out {out} is a directory: name the predictions CSV file", 2)
     try:
-        from mllm.inference.job import fingerprint, partial_path, predict_table
+        from mllm.inference.job import (
+            check_output_path,
+            claim_output,
+            fingerprint,
+            output_bytes,
+            partial_path,
+            predict_table,
+        )
         from mllm.inference.predict import Predictor
         from mllm.inference.table import load_table, read_queries
         from mllm.model.loading import load_trained_with_tokenizer
         from mllm.model.references import resolve
 
+        if out:  # found before the tables are read, not after the compute
+            check_output_path(out, [train, test])
         X, y = load_table(train, label or None)
         queries, truth = read_queries(test, list(X.columns), y.name)
-        model_dir = resolve(model)
-        pred = Predictor(*load_trained_with_tokenizer(model_dir), n_ensemble=n_ensemble, max_queries=max_queries,
-                         cutoff_len=cutoff_len)
-        key = fingerprint([train, test], model_dir, {"label": y.name, "n_ensemble": n_ensemble,
-                                                      "max_queries": max_queries, "cutoff_len": cutoff_len}) if out else ""
-        result = predict_table(pred, X, y, queries, out, key)
+        claim = (claim_output(out, [train, test], output_bytes(len(queries), y.nunique())) if out
+                 else contextlib.nullcontext())
+        with claim:  # --out is checked and locked before the model loads
+            model_dir = resolve(model)
+            pred = Predictor(*load_trained_with_tokenizer(model_dir), n_ensemble=n_ensemble, max_queries=max_queries,
+                             cutoff_len=cutoff_len)
+            key = fingerprint([train, test], model_dir, {"label": y.name, "n_ensemble": n_ensemble,
+                                                          "max_queries": max_queries, "cutoff_len": cutoff_len}) if out else ""
+            result = predict_table(pred, X, y, queries, out, key)
     except InputError as err:
         _fail(str(err), 2)
+    except StageFailed as err:
+        _fail(str(err), 1)
     except KeyboardInterrupt:
-        saved = f"; the rows answered so far are in {partial_path(out)}: rerun the same command to resume" if out else ""
+        saved = (f"; the rows answered so far are in {partial_path(out)}: rerun the same command to resume"
+                 if out and partial_path(out).exists() else "")
         _fail(f"interrupted{saved}", 130)
     if out:
         typer.echo(f"{len(result)} predictions -> {out}")
     else:
         typer.echo(result.to_csv(index=False), nl=False)
     if truth is not None:
-        known = truth.notna().to_numpy()
-        acc = float(np.mean(result["prediction"].astype(str).to_numpy()[known] == truth.to_numpy()[known]))
-        unlabelled = f"; {int((~known).sum())} rows without a label not counted" if (~known).any() else ""
-        typer.echo(f"accuracy on {test} ({y.name}, {int(known.sum())} rows): {acc:.4f}{unlabelled}", err=True)
+        _report_accuracy(test, y, truth, result["prediction"])
+
+
+def _report_accuracy(test: str, y, truth, prediction) -> None:
+    """Accuracy over the test rows that carry a label, each label read in the context's spelling (a "0" is the
+    class "0.0"); warnings where the user likely erred: labels the context never shows, or none at all."""
+    import numpy as np
+
+    from mllm.inference.table import match_labels
+
+    classes = set(y.astype(str))
+    truth = match_labels(truth, classes)
+    known = truth.notna().to_numpy()
+    if not known.any():
+        typer.echo(f"no accuracy: the {y.name!r} column of {test} holds no label", err=True)
+        return
+    labelled = truth[known].astype(str)
+    unseen = labelled[~labelled.isin(classes)]
+    if len(unseen) == len(labelled):
+        typer.echo(f"warning: no label in {test} is a class of the context ({', '.join(sorted(classes)[:5])}); "
+                   f"it has {', '.join(map(repr, sorted(set(unseen))[:5]))}: is --label the right column?", err=True)
+    elif len(unseen):
+        typer.echo(f"warning: {len(unseen)} test rows have labels the context never shows "
+                   f"({', '.join(map(repr, sorted(set(unseen))[:5]))}); they count as wrong", err=True)
+    acc = float(np.mean(prediction.astype(str).to_numpy()[known] == labelled.to_numpy()))
+    unlabelled = f"; {int((~known).sum())} rows without a label not counted" if (~known).any() else ""
+    typer.echo(f"accuracy on {test} ({y.name}, {int(known.sum())} rows): {acc:.4f}{unlabelled}", err=True)
 
 
 @app.command()
@@ -346,6 +387,8 @@ def import_corpus(
     params: ParamsOpt = "params.yaml",
     out: Annotated[str, typer.Option(help="corpus directory (the encode stage's)")] = "data/corpus",
     tokenizer: Annotated[str | None, typer.Option(help="counts tokens; default: params encode.tokenizer")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="longest sequence accepted, in tokens; default: params "
+                                                   "encode.cutoff_len", min=1)] = None,
     set_: SetOpt = None,
 ) -> None:
     """Import a corpus in MachineLearningLM's LLaMA-Factory format (sharegpt messages or alpaca) as corpus
@@ -359,15 +402,17 @@ def import_corpus(
 
         if not re.fullmatch(CORPUS_NAME, name):
             raise InputError(f"corpus name {name!r}: letters, digits, '_', '.', '-' only")
-        tok = load_tokenizer(tokenizer or load_params(params, overrides).encode.tokenizer)
+        ep = load_params(params, overrides).encode
+        tok = load_tokenizer(tokenizer or ep.tokenizer)
         try:
-            return run_import(src, Path(out) / name, tok)
+            return run_import(src, Path(out) / name, tok, max_tokens=max_tokens or ep.cutoff_len)
         except ValueError as err:
             raise InputError(str(err)) from None
 
-    s = _run(params, set_, start)
+    s = _run(params, set_, start, (str(Path(out) / name),))
+    unlisted = f"; {s['unlisted_labels']} answers name a class the prompt's shots miss" if s["unlisted_labels"] else ""
     typer.echo(f"imported {s['sequences']} sequences ({s['tokens']} tokens, longest {s['max_tokens']}) "
-               f"-> {out}/{name} ({s['shards']} shards)")
+               f"-> {out}/{name} ({s['shards']} shards){unlisted}")
 
 
 @app.command("plant")
@@ -386,7 +431,7 @@ def plant(
 
         return run_plant(params, out, check, overrides)
 
-    rec = _run(params, set_, start)
+    rec = _run(params, set_, start, (out,))
     typer.echo(f"planted kernel-vote base ({rec['params'] / 1e6:.1f}M params, sha256 {rec['model_sha256'][:12]}) -> {out}"
                + (f"; same weights as {check}" if check else ""))
 

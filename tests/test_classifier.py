@@ -69,5 +69,11 @@ def test_more_classes_than_the_model_scores_is_a_clear_error():
 
 def test_default_model_without_a_champion_names_the_problem(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ValueError, match="no MLflow store at .*dvc repro"):  # and none is made
+        MLLMClassifier().fit(np.zeros((4, 1)), [0, 1, 0, 1])
+    assert not (tmp_path / "mlflow.db").exists()
+    import mlflow
+
+    mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_registered_models()  # an empty store
     with pytest.raises(ValueError, match="no alias 'champion'.*dvc repro"):
         MLLMClassifier().fit(np.zeros((4, 1)), [0, 1, 0, 1])

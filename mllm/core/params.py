@@ -20,6 +20,7 @@ from mllm.core.errors import InputError
 MAX_CLASSES = 10  # classes of a synthetic task (the paper's prior)
 MAX_LABELS = 100  # classes of a table the in-context model predicts (the authors' benchmark goes to 100)
 MAX_QUERIES = 50  # query rows one prompt answers at most (the paper's)
+MAX_SHARDS = 100_000  # shards of a stage: their names (shard-00000.parquet) sort in task order up to here
 
 Prior = Literal["mlp", "tree", "mix"]
 NumberMode = Literal["whole", "digits"]  # 0..999 one token each (LLaMA-3 style) or digit tokens (Qwen2)
@@ -73,6 +74,14 @@ class GenerateParams(_Strict):
     binary_share: float = Field(ge=0.0, le=1.0, description="P(K=2) when 2 is in range")
     categorical_task_share: float = Field(ge=0.0, le=1.0)
     max_attempts: int = Field(ge=1, description="redraws before a task is declared impossible")
+
+    @model_validator(mode="after")
+    def _shard_count(self):
+        shards = -(-self.num_tasks // self.shard_size)
+        if shards > MAX_SHARDS:
+            raise ValueError(f"num_tasks {self.num_tasks:,} in shards of {self.shard_size:,} makes {shards:,} shards; "
+                             f"at most {MAX_SHARDS:,} (raise shard_size, or generate fewer tasks)")
+        return self
 
     @field_validator("features")
     @classmethod

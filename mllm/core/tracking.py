@@ -19,6 +19,27 @@ def tracking_uri(root: str | Path | None = None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def connect_existing(what: str):
+    """``connect()`` for reading a store that must exist already: a SQLite store that is not there is an
+    error naming it, and no empty database is left behind by the look-up."""
+    from mllm.core.errors import InputError
+
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise InputError(f"{what}: no MLflow store at {db}, so no registered model (run from the project directory "
+                         "that holds mlflow.db, run `dvc repro` there to train, evaluate and register one, set "
+                         "MLFLOW_TRACKING_URI, or name a model directory)")
+    return connect()
+
+
 def connect():
     """The ``mlflow`` module, pointed at this project's tracking store."""
     import mlflow  # heavy import; only what logs or reads the registry pays for it

@@ -3,6 +3,9 @@ evaluation and benchmarks. Errors name the file and what is wrong."""
 
 from __future__ import annotations
 
+import csv
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +35,24 @@ def _read(path: Path, **kw) -> pd.DataFrame:
     if not path.is_file():
         raise TableError(f"{path}: no such file")
     try:
-        return pd.read_csv(path, **kw)
+        df = pd.read_csv(path, **kw)
     except UnicodeDecodeError as err:
         raise TableError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
                          "save the table as UTF-8 CSV") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as err:
         raise TableError(f"{path}: not a readable CSV table ({err})") from None
+    _check_header(path)
+    return df
+
+
+def _check_header(path: Path) -> None:
+    """Column names are unique: pandas would silently rename a repeated ``x`` to ``x.1``."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    repeated = [name for name, count in Counter(n.strip() for n in header).items() if count > 1]
+    if repeated:
+        raise TableError(f"{path}: repeated column name(s) {', '.join(map(repr, repeated[:5]))}; "
+                         "give every column its own name")
 
 
 def read_labels(path: Path, column: str) -> pd.Series:
@@ -72,15 +87,30 @@ def _names(columns, at_most: int = 8) -> str:
     return ", ".join(names[:at_most]) + (f" ... ({len(names)} columns)" if len(names) > at_most else "")
 
 
+# A number written with thousands separators ("5,120", "-1,234,567.5"), as spreadsheets export them.
+_GROUPED = re.compile(r"^\s*[+-]?\d{1,3}(,\d{3})+(\.\d*)?\s*$")
+
+
+def _ungroup(s: pd.Series) -> pd.Series:
+    """``s`` with thousands separators dropped, when every cell holding a comma is such a number (a column
+    where a comma means anything else, a decimal comma or a list, is left as it is)."""
+    text = s.astype(str)
+    comma = s.notna() & text.str.contains(",", regex=False)
+    if not comma.any() or not text[comma].str.match(_GROUPED).all():
+        return s
+    return s.where(~comma, text.str.replace(",", "", regex=False))
+
+
 def coerce_numeric(df: pd.DataFrame, share: float = 0.9) -> pd.DataFrame:
-    """A text column whose values are at least ``share`` numbers is numeric; its other cells ("?", "n/a",
-    garbage) become missing values. Columns below the share stay categorical."""
+    """A text column whose values are at least ``share`` numbers is numeric (numbers written with thousands
+    separators count); its other cells ("?", "n/a", garbage) become missing values. Columns below the share
+    stay categorical."""
     out = df.copy()
     for col in out.columns:
         s = out[col]
         if pd.api.types.is_numeric_dtype(s) or s.notna().sum() == 0:
             continue
-        num = pd.to_numeric(s, errors="coerce")
+        num = pd.to_numeric(_ungroup(s), errors="coerce")
         if num.notna().sum() >= share * s.notna().sum():
             out[col] = num
     return out
@@ -100,3 +130,25 @@ def read_queries(path: str | Path, columns: list[str], target: str) -> tuple[pd.
     queries = coerce_numeric(df[list(columns)])
     check_finite(queries, f"{path.name} query")
     return queries, truth
+
+
+def match_labels(truth: pd.Series, classes) -> pd.Series:
+    """Test labels in the context's spelling: a label written as another number of the same value ("0" for
+    the context's "0.0", "1e1" for "10") is that class; others are kept as written. Missing stay missing."""
+    spelled = {str(c) for c in classes}
+    numeric: dict[float, str] = {}
+    for c in spelled:
+        try:
+            numeric.setdefault(float(c), c)
+        except ValueError:
+            pass
+
+    def one(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v in spelled:
+            return v
+        try:
+            return numeric.get(float(v), v)
+        except ValueError:
+            return v
+
+    return truth.map(one)

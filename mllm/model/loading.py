@@ -222,6 +222,25 @@ def load_trained(path: str | Path, device: str | None = None, dtype: str = "auto
     return model.to(device).eval()
 
 
+def check_trained_dir(path: str | Path) -> None:
+    """What loading needs, checked without loading: a directory with a full model (config.json) or a LoRA
+    adapter (adapter_config.json naming its base), complete safetensors weights, and a tokenizer."""
+    from mllm.text.tokenizer import TOKENIZER_FILES
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"no model directory {path}")
+    adapter = (path / "adapter_config.json").is_file()
+    if not adapter and not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
+    check_weights(path)
+    if adapter and not (path / "adapter_model.safetensors").is_file():
+        raise ModelError(f"the adapter in {path} has no adapter_model.safetensors")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it beside the "
+                         "model (tokenizer.save_pretrained(dir))")
+
+
 def _load_trained(path: Path, dtype):
     if (path / "adapter_config.json").is_file():
         import json

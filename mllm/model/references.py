@@ -50,7 +50,7 @@ def resolve(ref: str) -> Path:
         if not path.is_dir():
             raise RegistryError(f"model {ref!r}: no such directory, and not a models:/ or runs:/ reference")
         return path
-    mlflow = tracking.connect()
+    mlflow = tracking.connect_existing(f"model {ref!r}")
     if uri.startswith("models:/"):
         uri = version_uri(uri)  # pin an alias to its version, so a cache entry never goes stale
     if uri in _downloads:

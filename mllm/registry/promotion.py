@@ -46,8 +46,10 @@ def register(model_dir: str | Path, evaluation: dict, name: str = DEFAULT_NAME, 
     """Log ``model_dir`` as a pyfunc model (into the training run ``run_id`` when given), register it as a
     version of ``name`` with alias ``candidate`` (the same weights are not registered twice), and move
     ``champion`` to it when ``decide`` says so. Returns the decision record (also set as version tags)."""
+    from mllm.model.loading import check_trained_dir
     from mllm.registry.pyfunc import log_pyfunc
 
+    check_trained_dir(model_dir)
     mlflow = tracking.connect()
     client = mlflow.MlflowClient()
     model_dir = Path(model_dir)
@@ -93,7 +95,7 @@ def register(model_dir: str | Path, evaluation: dict, name: str = DEFAULT_NAME, 
 
 def promote(name: str, version: str, reason: str = "manual promotion") -> dict:
     """Move ``champion`` to ``version`` by hand (recorded as a tag)."""
-    mlflow = tracking.connect()
+    mlflow = tracking.connect_existing(f"registered model {name!r}")
     client = mlflow.MlflowClient()
     try:
         client.get_model_version(name, str(version))

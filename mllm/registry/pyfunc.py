@@ -36,11 +36,18 @@ def predict_table(model, tokenizer, table: pd.DataFrame, config: dict) -> pd.Dat
     if label not in table.columns:
         raise PredictionError(f"the request has no {label!r} column (context rows carry the label, rows to "
                               "predict leave it empty)")
+    from mllm.inference.table import coerce_numeric
+
     known = table[label].notna() & (table[label].astype(str) != "")
-    X = table.drop(columns=[label])
+    # numbers sent as text ("5,120") read as a CSV's do; labels as written (a label column that holds empty
+    # cells arrives as floats: 1.0 is the label 1)
+    X = coerce_numeric(table.drop(columns=[label]))
+    y = table.loc[known, label]
+    if pd.api.types.is_float_dtype(y) and (y == y.round()).all():
+        y = y.astype("int64")
     pred = Predictor(model, tokenizer, max_queries=int(config.get("max_queries", DEFAULT_MAX_QUERIES)),
                      n_ensemble=int(config.get("n_ensemble", 1)), seed=int(config.get("seed", 0)))
-    return prediction_frame(*pred.predict_proba(X[known], table.loc[known, label], X[~known]))
+    return prediction_frame(*pred.predict_proba(X[known], y, X[~known]))
 
 
 def log_pyfunc(model_dir: Path, config: dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mllm.core.atomic import atomic_path
-from mllm.core.params import EncodeParams
+from mllm.core.params import MAX_CLASSES, EncodeParams
 from mllm.data.shards import iter_tasks, read_shard
 from mllm.data.task import Task
 from mllm.text import prompt
@@ -191,11 +192,21 @@ def summarise(stats: list[dict]) -> dict:
 _ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 
 
-def llamafactory_messages(record: dict, where: str) -> list[dict]:
+def _text(value, what: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {what} is not a string: {str(value)[:80]}")  # noqa: TRY004 (bad data)
+    return value
+
+
+def llamafactory_messages(record, where: str) -> list[dict]:
     """System (optional), user and assistant messages of one LLaMA-Factory dataset record."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a record is a JSON object (sharegpt messages or alpaca columns), got "  # noqa: TRY004
+                         f"{json.dumps(record)[:80]}")
     if "instruction" in record and "output" in record:  # alpaca: the user turn is instruction + "\n" + input
-        user = "\n".join(t for t in (record["instruction"], record.get("input") or "") if t)
-        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+        parts = [_text(record["instruction"], "instruction", where), _text(record.get("input") or "", "input", where)]
+        turns = [{"role": "user", "content": "\n".join(t for t in parts if t)},
+                 {"role": "assistant", "content": _text(record["output"], "output", where)}]
     else:
         raw = record.get("messages", record.get("conversations"))
         if not isinstance(raw, list):
@@ -203,32 +214,52 @@ def llamafactory_messages(record: dict, where: str) -> list[dict]:
                              f"output) columns; keys {sorted(record)[:8]}")
         turns = []
         for m in raw:
+            if not isinstance(m, dict):
+                raise ValueError(  # noqa: TRY004 (bad data, as every record error)
+                    f"{where}: a message is not an object with role/content (or from/value): {str(m)[:80]}")
             role = _ROLES.get(str(m.get("role", m.get("from"))))
             content = m.get("content", m.get("value"))
             if role is None or not isinstance(content, str):
                 raise ValueError(f"{where}: a message is not role/content (or from/value): {str(m)[:80]}")
             turns.append({"role": role, "content": content})
     if record.get("system") and (not turns or turns[0]["role"] != "system"):
-        turns.insert(0, {"role": "system", "content": record["system"]})
+        turns.insert(0, {"role": "system", "content": _text(record["system"], "system", where)})
     if [t["role"] for t in turns] not in (["system", "user", "assistant"], ["user", "assistant"]):
         raise ValueError(f"{where}: expected system (optional), user, assistant turns; got "
                          f"{[t['role'] for t in turns]}")
     return turns
 
 
-def _llamafactory_records(src: Path):
-    import json
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+                         "save the dataset as UTF-8") from None
 
+
+def _llamafactory_records(src: Path):
     if src.suffix == ".jsonl":
-        with src.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
+        with src.open("rb") as f:
+            for i, raw in enumerate(f, 1):
+                line = _decode(raw, f"{src.name}:{i}")
                 if line.strip():
                     try:
                         yield f"{src.name}:{i}", json.loads(line)
                     except json.JSONDecodeError as err:
-                        raise ValueError(f"{src.name}:{i}: not JSON: {err}") from None
+                        raise ValueError(f"{src.name}:{i}: not JSON (cut short?): {err}") from None
     elif src.suffix == ".json":
-        data = json.loads(src.read_text(encoding="utf-8"))
+        raw = src.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise ValueError(f"{src.name}:{line}: not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+                             f"{err.start}); save the dataset as UTF-8") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{src.name}:{err.lineno}: not JSON (cut short?): {err}") from None
         if not isinstance(data, list):
             raise ValueError(f"{src.name}: a .json dataset is an array of records")
         for i, record in enumerate(data):
@@ -237,23 +268,50 @@ def _llamafactory_records(src: Path):
         raise ValueError(f"{src}: a LLaMA-Factory dataset is a .json or .jsonl file")
 
 
-def import_corpus(src: str | Path, out_dir: str | Path, tokenizer, shard_size: int = 4096) -> dict:
+# Characters per token no tokenizer reaches on a table prompt: a longer record is refused before it is parsed
+# or tokenized (a runaway record must not take the memory that tokenizing it would).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _task(msgs: list[dict], where: str) -> tuple[dict, np.ndarray]:
+    """The prompt's table and its answer, checked against each other: one label per test row, in order, each
+    an integer of the prompt's label set or a class id the shots miss (the authors' generator, like the
+    encode stage, lists the shots' labels: a test row's class can be absent from them). Ids from 0 up to the
+    larger of the synthetic prior's class limit and the label set's largest id + 1 are classes; others are
+    not."""
+    try:
+        table = prompt.parse_user_prompt(msgs[-2]["content"], codes=False)  # text values too
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: not a MachineLearningLM task: {err}") from None
+    try:
+        labels = prompt.parse_answer(msgs[-1]["content"], table["queries"].shape[0],
+                                     max(MAX_CLASSES, table["n_classes"]))
+    except ValueError as err:
+        raise ValueError(f"{where}: not a MachineLearningLM task: {err} (the prompt's label set is "
+                         f"{table['label_set']})") from None
+    return table, labels
+
+
+def import_corpus(src: str | Path, out_dir: str | Path, tokenizer, shard_size: int = 4096,
+                  max_tokens: int | None = None) -> dict:
     """A LLaMA-Factory dataset file in MachineLearningLM's format (the authors' released corpora) -> corpus
     shards in ``out_dir``, the encode stage's layout, so a training stage can name it. Read as a stream,
-    a shard at a time; every record must parse (prompt and answer); the directory is written whole or not
-    at all."""
-    import json
-
+    a shard at a time; every record must parse (prompt and answer, one class id per test row: ``_task``) and
+    be at most ``max_tokens`` long; the directory is written whole or not at all. ``unlisted_labels`` counts
+    the answers whose class the prompt's label set does not list."""
     from mllm.core.atomic import atomic_dir
 
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"no dataset file {src}")
-    stats = {"sequences": 0, "tokens": 0, "max_tokens": 0, "shards": 0}
+    stats = {"sequences": 0, "tokens": 0, "max_tokens": 0, "shards": 0, "unlisted_labels": 0}
 
-    def flush(batch: list[dict], tmp: Path) -> None:
+    def flush(batch: list[dict], wheres: list[str], tmp: Path) -> None:
         texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in batch]
-        for r, n in zip(batch, token_lengths(tokenizer, texts)):
+        for r, where, n in zip(batch, wheres, token_lengths(tokenizer, texts)):
+            if max_tokens is not None and n > max_tokens:
+                raise ValueError(f"{where}: {n:,} tokens, over the {max_tokens:,} a sequence may have "
+                                 "(--max-tokens; by default encode.cutoff_len)")
             r["n_tokens"] = n
             stats["tokens"] += n
             stats["max_tokens"] = max(stats["max_tokens"], n)
@@ -262,23 +320,25 @@ def import_corpus(src: str | Path, out_dir: str | Path, tokenizer, shard_size: i
 
     with atomic_dir(out_dir) as tmp:
         batch: list[dict] = []
+        wheres: list[str] = []
         for where, record in _llamafactory_records(src):
             msgs = llamafactory_messages(record, where)
-            try:
-                table = prompt.parse_user_prompt(msgs[-2]["content"], codes=False)  # text values too
-                labels = [int(item["label"]) for item in json.loads(msgs[-1]["content"])]
-            except (ValueError, TypeError, KeyError) as err:
-                raise ValueError(f"{where}: not a MachineLearningLM task: {err}") from None
+            chars = sum(len(m["content"]) for m in msgs)
+            if max_tokens is not None and chars > MAX_CHARS_PER_TOKEN * max_tokens:
+                raise ValueError(f"{where}: {chars:,} characters, far over the {max_tokens:,} tokens a sequence may have")
+            table, labels = _task(msgs, where)
+            stats["unlisted_labels"] += int(np.isin(labels, table["label_set"], invert=True).sum())
             batch.append({"task_id": stats["sequences"], "prior": "imported", "n_features": table["n_features"],
-                          "n_classes": max([table["n_classes"] - 1, *labels]) + 1,
+                          "n_classes": max(table["n_classes"], int(labels.max(initial=-1)) + 1),
                           "n_shots": table["shots"].shape[0], "n_dropped": 0,
                           "n_queries": table["queries"].shape[0], "n_tokens": 0, "messages": msgs})
+            wheres.append(where)
             stats["sequences"] += 1
             if len(batch) == shard_size:
-                flush(batch, Path(tmp))
-                batch = []
+                flush(batch, wheres, Path(tmp))
+                batch, wheres = [], []
         if batch:
-            flush(batch, Path(tmp))
+            flush(batch, wheres, Path(tmp))
         if not stats["sequences"]:
             raise ValueError(f"{src}: no records")
     return stats

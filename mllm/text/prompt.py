@@ -216,7 +216,8 @@ def parse_answer(text: str, n_queries: int, n_classes: int) -> np.ndarray:
         raise ValueError(f"answer must be a JSON array of {n_queries} objects")
     out = np.empty(n_queries, dtype=np.int64)
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or item.get("id") != i or not isinstance(item.get("label"), int):
+        label = item.get("label") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or item.get("id") != i or not isinstance(label, int) or isinstance(label, bool):
             raise ValueError(f"answer item {i} is not {{\"id\": {i}, \"label\": k}}: {item!r}")
         if not 0 <= item["label"] < n_classes:
             raise ValueError(f"answer item {i}: label {item['label']} outside 0..{n_classes - 1}")

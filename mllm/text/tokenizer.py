@@ -127,12 +127,19 @@ def save_tokenizer(tokenizer, out_dir: str | Path, numbers: str | None = None) -
                                                   "vocab_size": len(tokenizer)}) + "\n")
 
 
+# What a saved Hugging Face tokenizer directory holds at least one of.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(name_or_path: str | Path):
     """A tokenizer from a local directory (the embedded one, or any saved HF tokenizer) or a hub id that is
     already in the local cache. Never downloads: a missing tokenizer is an error that names it."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(name_or_path)
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
+                         "beside the model (tokenizer.save_pretrained(dir))")
     try:
         if (path / MARKER).is_file():
             # The embedded tokenizer is loaded exactly as saved: beside a Qwen2 config.json, AutoTokenizer
@@ -145,10 +152,10 @@ def load_tokenizer(name_or_path: str | Path):
                                                 local_files_only=True)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
-            f"tokenizer {name_or_path!r} not found locally (nothing is downloaded at run time): {err}"
+            f"tokenizer {str(name_or_path)!r} not found locally (nothing is downloaded at run time): {err}"
         ) from None
     if tok.chat_template is None:
-        raise InputError(f"tokenizer {name_or_path!r} has no chat template; mllm prompts are chat messages")
+        raise InputError(f"tokenizer {str(name_or_path)!r} has no chat template; mllm prompts are chat messages")
     return tok
 
 
