@@ -135,12 +135,12 @@ def test_import_corpus_answers_are_checked(tmp_path, tokenizer_dir):
         good = {"messages": msgs}
         bad = {"messages": [*msgs[:-1], {"role": "assistant", "content": json.dumps(answer)}]}
         src.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
-        res = _import(tmp_path, src)
+        res = _import(tmp_path, tokenizer_dir, src)
         _refused(res, f"{src.name}:2: not a MachineLearningLM task")
         assert not (tmp_path / "corpus").exists(), why  # and no empty output directory either
     unlisted = [*msgs[:-1], {"role": "assistant", "content": json.dumps([ok[0], {**ok[1], "label": 3}])}]
     src.write_text(json.dumps({"messages": msgs}) + "\n" + json.dumps({"messages": unlisted}) + "\n")
-    res = _import(tmp_path, src)
+    res = _import(tmp_path, tokenizer_dir, src)
     assert res.exit_code == 0 and "imported 2 sequences" in res.output, res.output
     assert "1 answers name a class the prompt's shots miss" in res.output
 
@@ -154,8 +154,7 @@ def tokenizer_dir(tmp_path_factory):
     return path
 
 
-def _import(tmp_path, src, *args):
-    tok = next(tmp_path.parent.glob("tok*/"), None) or pytest.fail("the tokenizer_dir fixture is not set up")
+def _import(tmp_path, tok, src, *args):
     return CliRunner().invoke(app, ["import-corpus", str(src), "--name", "c", "--out", str(tmp_path / "corpus"),
                                     "--params", str(ROOT / "params.yaml"), "--tokenizer", str(tok), *args])
 
@@ -274,7 +273,7 @@ def test_a_context_too_wide_leaves_no_partial_file(tmp_path):
 def test_import_corpus_bad_records_are_named(tmp_path, tokenizer_dir, name, body, message):
     src = tmp_path / name
     src.write_bytes(body)
-    res = _import(tmp_path, src)
+    res = _import(tmp_path, tokenizer_dir, src)
     _refused(res, message)
     assert not (tmp_path / "corpus").exists()
 
@@ -284,11 +283,11 @@ def test_import_corpus_refuses_a_runaway_record_before_tokenizing(tmp_path, toke
                            np.array([1]))
     src = tmp_path / "big.jsonl"
     src.write_text(json.dumps({"messages": msgs}) + "\n")
-    res = _import(tmp_path, src, "--max-tokens", "100")
+    res = _import(tmp_path, tokenizer_dir, src, "--max-tokens", "100")
     _refused(res, "big.jsonl:1: ")
     assert "tokens, over the 100 a sequence may have" in res.output
     monkeypatch.setattr(prompt, "parse_user_prompt", lambda *a, **k: pytest.fail("parsed a runaway record"))
-    res = _import(tmp_path, src, "--max-tokens", "10")
+    res = _import(tmp_path, tokenizer_dir, src, "--max-tokens", "10")
     _refused(res, "characters, far over the 10 tokens a sequence may have")
     assert not (tmp_path / "corpus").exists()
 
