@@ -104,9 +104,9 @@ def test_labels_matching_no_class_warn(tmp_path):
 
 def test_thousands_separators_are_numbers(tmp_path):
     """"5,120" (quoted in the CSV) is the number 5120: the same accuracy as the plain numbers."""
-    _iris(tmp_path, sepal=lambda v, n: int(round(v * 1000)))
+    _iris(tmp_path, sepal=lambda v, n: round(v * 1000))
     plain = _accuracy(_predict(tmp_path).output)
-    _iris(tmp_path, sepal=lambda v, n: f"{int(round(v * 1000)):,}")
+    _iris(tmp_path, sepal=lambda v, n: f"{round(v * 1000):,}")
     assert '"5,800"' in (tmp_path / "train.csv").read_text()
     assert _accuracy(_predict(tmp_path).output) == plain > 0.8
     df = pd.DataFrame({"k": ["1,234", "-5,120.5", "7", None], "dec": ["1,5", "2,25", "3", "4"],
@@ -200,7 +200,7 @@ def test_a_label_with_a_comma_writes_and_resumes(tmp_path):
 def _tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+                          capture_output=True, check=False).returncode == 0
 
 
 @pytest.mark.parametrize("where, message", [
@@ -211,9 +211,8 @@ def _tmpfs(path: Path, size: str) -> bool:
 ])
 def test_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, monkeypatch, where, message):
     _iris(tmp_path)
-    if where.startswith("full/"):
-        if not _tmpfs(tmp_path / "full", "4k"):
-            pytest.skip("mounting a 4 KB tmpfs needs CAP_SYS_ADMIN")
+    if where.startswith("full/") and not _tmpfs(tmp_path / "full", "4k"):
+        pytest.skip("mounting a 4 KB tmpfs needs CAP_SYS_ADMIN")
     loaded = []
     monkeypatch.setattr("mllm.model.loading.load_trained", lambda *a, **k: loaded.append(a))
     try:
