@@ -224,25 +224,36 @@ def load_trained(path: str | Path, device: str | None = None, dtype: str = "auto
 
 def check_trained_dir(path: str | Path) -> None:
     """What loading needs, checked without loading: a directory with a full model (config.json) or a LoRA
-    adapter (adapter_config.json naming its base), complete safetensors weights, and a tokenizer."""
-    from mllm.text.tokenizer import TOKENIZER_FILES
+    adapter (adapter_config.json), complete safetensors weights, and a tokenizer."""
+    from mllm.text.tokenizer import check_tokenizer_files
 
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"no model directory {path}")
-    adapter = (path / "adapter_config.json").is_file()
-    if not adapter and not (path / "config.json").is_file():
+    if _is_adapter(path):
+        _check_adapter_files(path)
+    else:
+        check_weights(path)
+    check_tokenizer_files(path)
+
+
+def _is_adapter(path: Path) -> bool:
+    """Whether ``path`` holds a LoRA adapter (else a full model); a directory with neither is a named error."""
+    if (path / "adapter_config.json").is_file():
+        return True
+    if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
-    check_weights(path)
-    if adapter and not (path / "adapter_model.safetensors").is_file():
+    return False
+
+
+def _check_adapter_files(path: Path) -> None:
+    check_weights(path)  # first: it says why when there is no safetensors file at all (pickled weights)
+    if not (path / "adapter_model.safetensors").is_file():
         raise ModelError(f"the adapter in {path} has no adapter_model.safetensors")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it beside the "
-                         "model (tokenizer.save_pretrained(dir))")
 
 
 def _load_trained(path: Path, dtype):
-    if (path / "adapter_config.json").is_file():
+    if _is_adapter(path):
         import json
 
         from peft import PeftModel
@@ -250,9 +261,7 @@ def _load_trained(path: Path, dtype):
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise ModelError(f"the adapter in {path} does not name its base model (base_model_name_or_path)")
-        check_weights(path)  # first: it says why when there is no safetensors file at all (pickled weights)
-        if not (path / "adapter_model.safetensors").is_file():
-            raise ModelError(f"the adapter in {path} has no adapter_model.safetensors")
+        _check_adapter_files(path)
         meta = path / "mllm_model.json"  # what training changed in the base's config (its rotary scaling)
         rope = json.loads(meta.read_text()).get("rope_scaling") if meta.is_file() else None
         try:
@@ -263,8 +272,6 @@ def _load_trained(path: Path, dtype):
             raise ModelError(f"the base {base!r} of the adapter in {path} cannot be loaded from local files: {err}") from None
         # merged for inference: the same function without the adapter's extra matmuls per layer
         return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path} is not a trained model directory (no config.json or adapter_config.json)")
     try:
         return _from_local(str(path), dtype=dtype)
     except ModelError:

@@ -230,11 +230,13 @@ def llamafactory_messages(record, where: str) -> list[dict]:
     return turns
 
 
-def _decode(data: bytes, where: str) -> str:
+def _decode(data: bytes, name: str, first_line: int = 1) -> str:
+    """``data`` (the file's lines from ``first_line`` on) as UTF-8; an invalid byte is named by its line."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{where}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+        line = first_line + data.count(b"\n", 0, err.start)
+        raise ValueError(f"{name}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
                          "save the dataset as UTF-8") from None
 
 
@@ -242,20 +244,14 @@ def _llamafactory_records(src: Path):
     if src.suffix == ".jsonl":
         with src.open("rb") as f:
             for i, raw in enumerate(f, 1):
-                line = _decode(raw, f"{src.name}:{i}")
+                line = _decode(raw, src.name, i)
                 if line.strip():
                     try:
                         yield f"{src.name}:{i}", json.loads(line)
                     except json.JSONDecodeError as err:
                         raise ValueError(f"{src.name}:{i}: not JSON (cut short?): {err}") from None
     elif src.suffix == ".json":
-        raw = src.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = raw.count(b"\n", 0, err.start) + 1
-            raise ValueError(f"{src.name}:{line}: not UTF-8 text (byte {raw[err.start]:#04x} at offset "
-                             f"{err.start}); save the dataset as UTF-8") from None
+        text = _decode(src.read_bytes(), src.name)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:

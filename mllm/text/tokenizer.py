@@ -131,15 +131,21 @@ def save_tokenizer(tokenizer, out_dir: str | Path, numbers: str | None = None) -
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
+def check_tokenizer_files(directory: Path) -> None:
+    """``directory`` holds a saved tokenizer (a named error where a model was saved without one)."""
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(f"{directory} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the "
+                         "tokenizer beside the model (tokenizer.save_pretrained(dir))")
+
+
 def load_tokenizer(name_or_path: str | Path):
     """A tokenizer from a local directory (the embedded one, or any saved HF tokenizer) or a hub id that is
     already in the local cache. Never downloads: a missing tokenizer is an error that names it."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(name_or_path)
-    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise InputError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
-                         "beside the model (tokenizer.save_pretrained(dir))")
+    if path.is_dir():
+        check_tokenizer_files(path)
     try:
         if (path / MARKER).is_file():
             # The embedded tokenizer is loaded exactly as saved: beside a Qwen2 config.json, AutoTokenizer
